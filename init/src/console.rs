@@ -1,0 +1,16 @@
+//! Lines on the console. PID 1 must not panic when the console is gone or
+//! full, so every write here ignores errors instead of using `println!`.
+
+use std::io::Write;
+
+/// Writes `carapace: <msg>` as one line to standard output (the console).
+pub fn say(msg: &str) {
+    write_line(&format!("carapace: {msg}\n"));
+}
+
+/// Writes a raw, already formatted line (the caller adds the newline).
+pub fn write_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+}

@@ -1,0 +1,1 @@
+//! TODO(dm): being written.

@@ -1,0 +1,38 @@
+//! carapace-init: the PID 1 of a Carapace node, in two stages.
+//!
+//! Stage 1 runs as `/init` from the initrd: it finds the root partition named by
+//! `roothash=` on the kernel command line, puts dm-verity in front of it, mounts it
+//! read-only together with the state partition on /var, switches root and execs
+//! stage 2. Stage 2 runs as PID 1 on the verified root: it finishes the mounts,
+//! supervises the services of the image's manifest, reaps orphans and shuts the
+//! machine down in order.
+//!
+//! Invariant: PID 1 never panics on bad input and never exits; every failure is
+//! reported on the console in one line, then the machine carries on or powers off.
+//! Everything that decides (parsing, choosing, restart policy) is a pure function
+//! in its own module, unit-tested on the host; the modules that touch the kernel
+//! (`dm`, `stage1`, `stage2`, `supervisor`, `shutdown`, `power`) stay thin.
+
+pub mod backoff;
+pub mod clock;
+pub mod cmdline;
+pub mod console;
+pub mod dm;
+pub mod gpt;
+pub mod manifest;
+pub mod power;
+pub mod power_button;
+pub mod shutdown;
+pub mod stage1;
+pub mod stage2;
+pub mod supervisor;
+pub mod verity;
+
+/// Where stage 2 lives on the verified root.
+pub const STAGE2_PATH: &str = "/usr/lib/carapace/carapace-init";
+/// The declarative list of services on the verified root.
+pub const MANIFEST_PATH: &str = "/usr/lib/carapace/services.toml";
+/// Present only in the initrd: its existence is how the binary knows it is stage 1.
+pub const INITRD_MARKER: &str = "/etc/initrd-release";
+/// Where stage 1 assembles the new root before switching into it.
+pub const SYSROOT: &str = "/sysroot";

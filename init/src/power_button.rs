@@ -1,0 +1,1 @@
+//! TODO(power_button): being written.
