@@ -19,6 +19,7 @@ pub mod cmdline;
 pub mod console;
 pub mod dm;
 pub mod gpt;
+pub mod loopback;
 pub mod manifest;
 pub mod power;
 pub mod power_button;

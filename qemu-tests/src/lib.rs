@@ -1,1 +1,454 @@
+//! The harness of the QEMU tests: boot the real Carapace disk image under
+//! OVMF and TCG, each test on its own copy of the disk, and talk to it through
+//! the serial console (rexpect) and the QEMU monitor.
+//!
+//! The image under test is `CARAPACE_TEST_IMAGE`, or the test image that
+//! `cargo xtask image --test` leaves in build/test/out/carapace.raw.
+//! Guest-side probes (src/bin) report over the console what the host cannot see.
 
+use anyhow::{bail, Context, Result};
+use rexpect::session::{spawn_with_options, PtySession};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// How long any single expectation may wait. Not a performance threshold:
+/// only a guard against a hung guest, generous for TCG on a loaded machine.
+pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// GPT partition type GUIDs of the Discoverable Partitions Specification.
+pub mod part_type {
+    pub const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+    pub const ROOT_X86_64: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
+    pub const ROOT_VERITY_X86_64: &str = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5";
+    pub const VAR: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The pristine image every test copies.
+pub fn image_path() -> PathBuf {
+    std::env::var_os("CARAPACE_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/test/out/carapace.raw"))
+}
+
+/// The carapace-init binary that the image carries (built by xtask for the node).
+pub fn node_init_binary() -> PathBuf {
+    workspace_root().join("target/x86_64-unknown-linux-gnu/release/carapace-init")
+}
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// One partition of a disk, as sfdisk reports it.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub number: usize,
+    pub type_guid: String,
+    pub uuid: String,
+    pub label: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// A private copy of the image (and of the firmware variables) for one test.
+pub struct TestDisk {
+    pub dir: PathBuf,
+    pub disk: PathBuf,
+    pub vars: PathBuf,
+}
+
+impl TestDisk {
+    /// Copies the pristine image into a fresh directory named after the test.
+    pub fn fresh(name: &str) -> Result<Self> {
+        Self::copy_of(&image_path(), name)
+    }
+
+    /// Copies `image` into a fresh directory named after `name`.
+    pub fn copy_of(image: &Path, name: &str) -> Result<Self> {
+        if !image.exists() {
+            bail!(
+                "{} does not exist: build it with `cargo xtask image --test` (or run `cargo xtask test`)",
+                image.display()
+            );
+        }
+        let dir = workspace_root()
+            .join("target/qemu-tests")
+            .join(format!("{name}-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let disk = dir.join("disk.raw");
+        let status = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(image)
+            .arg(&disk)
+            .status()
+            .context("cannot run cp")?;
+        if !status.success() {
+            bail!("copying {} failed", image.display());
+        }
+        let vars = dir.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("cannot copy {OVMF_VARS} (package ovmf)"))?;
+        Ok(TestDisk { dir, disk, vars })
+    }
+
+    /// The partitions of the disk, read with sfdisk.
+    pub fn partitions(&self) -> Result<Vec<Partition>> {
+        partitions(&self.disk)
+    }
+
+    /// The partition of type `type_guid` labelled `label` (or the first of its type).
+    pub fn partition(&self, type_guid: &str, label: Option<&str>) -> Result<Partition> {
+        let parts = self.partitions()?;
+        parts
+            .iter()
+            .find(|p| p.type_guid == type_guid && label.is_none_or(|l| p.label == l))
+            .cloned()
+            .with_context(|| format!("no partition of type {type_guid} on {} ({} partitions)", self.disk.display(), parts.len()))
+    }
+
+    /// Reads `len` bytes of the disk at `offset`.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut f = std::fs::File::open(&self.disk)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = vec![0u8; len];
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Overwrites the disk at `offset` with `bytes`.
+    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&self.disk)?;
+        f.seek(SeekFrom::Start(offset))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// Copies one partition out into a file of its own (for e2fsck and friends).
+    pub fn extract(&self, part: &Partition, to: &Path) -> Result<()> {
+        let mut src = std::fs::File::open(&self.disk)?;
+        src.seek(SeekFrom::Start(part.offset))?;
+        let mut dst = std::fs::File::create(to)?;
+        std::io::copy(&mut src.take(part.size), &mut dst)?;
+        Ok(())
+    }
+
+    /// Boots this disk in QEMU and returns the running node.
+    pub fn boot(&self) -> Result<Node> {
+        Node::boot(self)
+    }
+}
+
+impl Drop for TestDisk {
+    fn drop(&mut self) {
+        if std::env::var_os("CARAPACE_KEEP_TEST_DISKS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Reads the GPT of `disk` with sfdisk.
+pub fn partitions(disk: &Path) -> Result<Vec<Partition>> {
+    let out = Command::new("sfdisk")
+        .arg("--dump")
+        .arg(disk)
+        .output()
+        .context("cannot run sfdisk (package fdisk)")?;
+    if !out.status.success() {
+        bail!("sfdisk --dump {} failed: {}", disk.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut sector = 512u64;
+    let mut parts = Vec::new();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("sector-size:") {
+            sector = v.trim().parse().unwrap_or(512);
+        }
+        let Some((dev, rest)) = line.split_once(" : ") else {
+            continue;
+        };
+        let number: usize = dev
+            .trim()
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let mut p = Partition {
+            number,
+            type_guid: String::new(),
+            uuid: String::new(),
+            label: String::new(),
+            offset: 0,
+            size: 0,
+        };
+        for field in rest.split(", ") {
+            let Some((k, v)) = field.split_once('=') else { continue };
+            let v = v.trim().trim_matches('"');
+            match k.trim() {
+                "start" => p.offset = v.parse::<u64>().unwrap_or(0) * sector,
+                "size" => p.size = v.parse::<u64>().unwrap_or(0) * sector,
+                "type" => p.type_guid = v.to_ascii_lowercase(),
+                "uuid" => p.uuid = v.to_ascii_lowercase(),
+                "name" => p.label = v.to_string(),
+                _ => {}
+            }
+        }
+        parts.push(p);
+    }
+    Ok(parts)
+}
+
+/// Finds every offset of `needle` in `haystack`.
+pub fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return Vec::new();
+    }
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The fields of the `carapace: ready` line.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub version: String,
+    pub roothash: String,
+    pub ms: u64,
+}
+
+/// Parses `carapace: ready version=V roothash=H at N ms`.
+pub fn parse_ready(line: &str) -> Option<Ready> {
+    let rest = line.split("carapace: ready ").nth(1)?;
+    let mut version = None;
+    let mut roothash = None;
+    let mut ms = None;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    for (i, w) in words.iter().enumerate() {
+        if let Some(v) = w.strip_prefix("version=") {
+            version = Some(v.to_string());
+        } else if let Some(v) = w.strip_prefix("roothash=") {
+            roothash = Some(v.to_string());
+        } else if *w == "at" {
+            ms = words.get(i + 1).and_then(|n| n.parse().ok());
+        }
+    }
+    Some(Ready {
+        version: version?,
+        roothash: roothash?,
+        ms: ms?,
+    })
+}
+
+/// A booted (or booting) node: QEMU with the serial console on a pty.
+pub struct Node {
+    session: PtySession,
+    monitor: PathBuf,
+    /// Everything read from the console so far.
+    pub transcript: String,
+}
+
+/// The QEMU command line for `disk`: q35, OVMF, TCG, virtio disk, serial on stdio.
+pub fn qemu_command(disk: &Path, vars: &Path, monitor: Option<&Path>) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024", "-smp", "1"])
+        .args(["-display", "none", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .args(["-device", "virtio-rng-pci"]);
+    if let Some(m) = monitor {
+        cmd.arg("-monitor").arg(format!("unix:{},server=on,wait=off", m.display()));
+    }
+    cmd
+}
+
+impl Node {
+    /// Starts QEMU on `disk`.
+    pub fn boot(disk: &TestDisk) -> Result<Node> {
+        let monitor = disk.dir.join("monitor.sock");
+        let _ = std::fs::remove_file(&monitor);
+        let cmd = qemu_command(&disk.disk, &disk.vars, Some(&monitor));
+        let options = rexpect::reader::Options::new()
+            .timeout_ms(Some(EXPECT_TIMEOUT.as_millis() as u64))
+            .strip_ansi_escape_codes(true);
+        let session = spawn_with_options(cmd, options).context("cannot start qemu-system-x86_64")?;
+        Ok(Node {
+            session,
+            monitor,
+            transcript: String::new(),
+        })
+    }
+
+    fn record(&mut self, text: &str) {
+        self.transcript.push_str(text);
+    }
+
+    /// Waits for `needle` on the console; returns what came before it.
+    pub fn expect(&mut self, needle: &str) -> Result<String> {
+        match self.session.exp_string(needle) {
+            Ok(before) => {
+                self.record(&before);
+                self.record(needle);
+                Ok(before)
+            }
+            Err(err) => bail!(
+                "waiting for {needle:?} on the console: {err}\n--- console so far ---\n{}",
+                self.transcript
+            ),
+        }
+    }
+
+    /// Waits for a regex on the console; returns (before, matched).
+    pub fn expect_regex(&mut self, re: &str) -> Result<(String, String)> {
+        match self.session.exp_regex(re) {
+            Ok((before, matched)) => {
+                self.record(&before);
+                self.record(&matched);
+                Ok((before, matched))
+            }
+            Err(err) => bail!(
+                "waiting for /{re}/ on the console: {err}\n--- console so far ---\n{}",
+                self.transcript
+            ),
+        }
+    }
+
+    /// Waits for the whole next line that starts with `prefix`; returns it.
+    pub fn expect_line(&mut self, prefix: &str) -> Result<String> {
+        self.expect(prefix)?;
+        let (rest, _) = self.expect_regex("\r?\n")?;
+        Ok(format!("{prefix}{rest}"))
+    }
+
+    /// Waits for `carapace: ready` and parses it.
+    pub fn wait_ready(&mut self) -> Result<Ready> {
+        let line = self.expect_line("carapace: ready ")?;
+        parse_ready(&line).with_context(|| format!("malformed ready line {line:?}"))
+    }
+
+    /// Sends one command to the QEMU human monitor.
+    pub fn monitor(&self, command: &str) -> Result<()> {
+        let mut last_err = None;
+        for _ in 0..50 {
+            match std::os::unix::net::UnixStream::connect(&self.monitor) {
+                Ok(mut s) => {
+                    s.write_all(format!("{command}\n").as_bytes())?;
+                    s.flush()?;
+                    // Give the monitor a moment to read the line before we hang up.
+                    std::thread::sleep(Duration::from_millis(200));
+                    return Ok(());
+                }
+                Err(e) => {
+                    last_err = Some(e);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        bail!("cannot reach the QEMU monitor at {}: {:?}", self.monitor.display(), last_err)
+    }
+
+    /// Presses the ACPI power button (what clouds and `system_powerdown` do).
+    pub fn press_power_button(&self) -> Result<()> {
+        self.monitor("system_powerdown")
+    }
+
+    /// Waits for QEMU to exit; returns the rest of the console and whether it exited 0.
+    pub fn wait_exit(&mut self) -> Result<(String, bool)> {
+        let rest = match self.session.exp_eof() {
+            Ok(rest) => rest,
+            Err(err) => bail!(
+                "waiting for QEMU to exit: {err}\n--- console so far ---\n{}",
+                self.transcript
+            ),
+        };
+        self.record(&rest);
+        let status = self.session.process().wait()?;
+        let ok = matches!(status, rexpect::process::WaitStatus::Exited(_, 0));
+        Ok((rest, ok))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_ready_line() {
+        let r = parse_ready("carapace: ready version=0.1.0 roothash=abcd at 1234 ms").expect("parses");
+        assert_eq!(r.version, "0.1.0");
+        assert_eq!(r.roothash, "abcd");
+        assert_eq!(r.ms, 1234);
+        assert!(parse_ready("carapace: ready version=0.1.0").is_none());
+    }
+
+    #[test]
+    fn finds_needles() {
+        assert_eq!(find_all(b"abcabc", b"bc"), vec![1, 4]);
+        assert!(find_all(b"ab", b"abc").is_empty());
+    }
+}
+
+/// Where the root hash sits in the kernel command line of the UKI on the ESP:
+/// the disk offset of the first hex digit after `roothash=`, and the hash.
+pub fn find_uki_roothash(disk: &TestDisk) -> Result<(u64, String)> {
+    let esp = disk.partition(part_type::ESP, None)?;
+    let bytes = disk.read_at(esp.offset, esp.size as usize)?;
+    let mut found = Vec::new();
+    for at in find_all(&bytes, b"roothash=") {
+        let start = at + "roothash=".len();
+        let hex: Vec<u8> = bytes[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_hexdigit())
+            .copied()
+            .collect();
+        if hex.len() == 64 {
+            found.push((esp.offset + start as u64, String::from_utf8_lossy(&hex).into_owned()));
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        n => bail!("expected one roothash= in the ESP of {}, found {n}", disk.disk.display()),
+    }
+}
+
+/// The disk offset of a 4 KiB block of slot A that holds a block of `file`
+/// (read on the host): where a byte must be flipped to tamper with that file.
+pub fn find_file_block_in_root(disk: &TestDisk, file: &Path) -> Result<u64> {
+    let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if data.len() < 3 * 4096 {
+        bail!("{} is too small to pick a block from its middle", file.display());
+    }
+    let mid = (data.len() / 2) & !4095;
+    let block = &data[mid..mid + 4096];
+    let root = disk.partition(part_type::ROOT_X86_64, None)?;
+    let bytes = disk.read_at(root.offset, root.size as usize)?;
+    let hits: Vec<usize> = (0..bytes.len() / 4096)
+        .map(|i| i * 4096)
+        .filter(|&off| &bytes[off..off + 4096] == block)
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(root.offset + *one as u64),
+        _ => bail!(
+            "expected the block at {mid} of {} exactly once in slot A, found it {} times",
+            file.display(),
+            hits.len()
+        ),
+    }
+}

@@ -1,0 +1,67 @@
+//! A healthy boot: the verified root, read-only; the state partition, writable
+//! and kept across an orderly power-off by the ACPI power button.
+
+use qemu_tests::{find_uki_roothash, part_type, TestDisk};
+use std::process::Command;
+
+fn line_with<'a>(transcript: &'a str, prefix: &str) -> Option<&'a str> {
+    transcript.lines().find(|l| l.contains(prefix))
+}
+
+#[test]
+fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_cycles() -> anyhow::Result<()> {
+    let disk = TestDisk::fresh("boot")?;
+    let (_, uki_hash) = find_uki_roothash(&disk)?;
+    let root_a = disk.partition(part_type::ROOT_X86_64, None)?;
+    let verity_a = disk.partition(part_type::ROOT_VERITY_X86_64, None)?;
+
+    // First boot.
+    let mut node = disk.boot()?;
+    let stage1 = node.expect_line("carapace: stage 1 ")?;
+    assert!(stage1.contains(" at ") && stage1.contains(" ms"), "{stage1}");
+    let ready = node.wait_ready()?;
+    assert_eq!(ready.roothash, uki_hash, "ready reports the root hash of the UKI");
+    assert_eq!(ready.version, env!("CARGO_PKG_VERSION"));
+    // The partitions stage 1 used are the ones named by the root hash.
+    assert_eq!(root_a.uuid.replace('-', ""), uki_hash[..32]);
+    assert_eq!(verity_a.uuid.replace('-', ""), uki_hash[32..]);
+
+    node.expect("checker: done")?;
+    let t = node.transcript.clone();
+    let root = line_with(&t, "checker: root ").unwrap_or_default();
+    assert!(root.contains("/dev/dm-") || root.contains("/dev/mapper/"), "root is the verity device: {root}");
+    assert!(root.contains("erofs"), "root is erofs: {root}");
+    assert!(root.split_whitespace().any(|w| w == "ro" || w.starts_with("ro,")), "root is read-only: {root}");
+    let write = line_with(&t, "checker: write to / ").unwrap_or_default();
+    assert!(write.contains("failed"), "a write to / must fail: {write}");
+    assert!(t.contains("checker: var boots=1"), "first boot counts 1 on /var:\n{t}");
+
+    // The power button shuts the node down in order.
+    node.press_power_button()?;
+    node.expect("carapace: shutting down")?;
+    node.expect("/var unmounted cleanly")?;
+    let (_, exited_ok) = node.wait_exit()?;
+    assert!(exited_ok, "QEMU exits cleanly after the power-off");
+
+    // The state filesystem is clean on the host.
+    let var = disk.partition(part_type::VAR, None)?;
+    let var_copy = disk.dir.join("var.ext4");
+    disk.extract(&var, &var_copy)?;
+    let fsck = Command::new("e2fsck").args(["-n", "-f"]).arg(&var_copy).output()?;
+    assert!(
+        fsck.status.success(),
+        "e2fsck -n -f on /var after power-off: {}\n{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    std::fs::remove_file(&var_copy)?;
+
+    // Second boot: what was written to /var is still there.
+    let mut node = disk.boot()?;
+    node.wait_ready()?;
+    node.expect("checker: var boots=2")?;
+    node.press_power_button()?;
+    let (_, exited_ok) = node.wait_exit()?;
+    assert!(exited_ok);
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Boots that must stop: a tampered root, a missing or wrong `roothash=`.
+//! Each stops with one clear line, powers off, and runs nothing from the root.
+
+use qemu_tests::{find_file_block_in_root, find_uki_roothash, node_init_binary, TestDisk};
+
+fn assert_stopped_before_stage2(transcript: &str) {
+    assert!(!transcript.contains("carapace: stage 2"), "stage 2 must not run:\n{transcript}");
+    assert!(!transcript.contains("carapace: ready"), "the node must not become ready:\n{transcript}");
+    assert!(!transcript.contains("[checker]"), "no service may run:\n{transcript}");
+}
+
+#[test]
+fn tampered_root_refuses_to_boot() -> anyhow::Result<()> {
+    let disk = TestDisk::fresh("tampered")?;
+    // Flip one byte in the middle of /usr/lib/carapace/carapace-init in slot A.
+    let at = find_file_block_in_root(&disk, &node_init_binary())? + 1234;
+    let byte = disk.read_at(at, 1)?[0];
+    disk.write_at(at, &[byte ^ 0x5a])?;
+
+    let mut node = disk.boot()?;
+    let failed = node.expect_line("carapace: boot failed: ")?;
+    let (_, _) = node.wait_exit()?;
+    let t = node.transcript.clone();
+    assert!(t.contains("verity"), "the kernel's dm-verity error is on the console:\n{t}");
+    assert!(failed.contains("carapace-init"), "the line names what could not be read: {failed}");
+    assert_stopped_before_stage2(&t);
+    Ok(())
+}
+
+#[test]
+fn missing_roothash_stops_the_boot_with_a_clear_line() -> anyhow::Result<()> {
+    let disk = TestDisk::fresh("no-roothash")?;
+    let (at, _) = find_uki_roothash(&disk)?;
+    // "roothash=" becomes "roothasX=": the command line has no roothash= any more.
+    disk.write_at(at - 2, b"X")?;
+    let mut node = disk.boot()?;
+    let failed = node.expect_line("carapace: boot failed: ")?;
+    assert!(failed.contains("no roothash="), "{failed}");
+    node.wait_exit()?;
+    assert_stopped_before_stage2(&node.transcript);
+    Ok(())
+}
+
+#[test]
+fn wrong_roothash_stops_the_boot_with_a_clear_line() -> anyhow::Result<()> {
+    let disk = TestDisk::fresh("wrong-roothash")?;
+    let (at, hash) = find_uki_roothash(&disk)?;
+    let first = hash.as_bytes()[0];
+    let other = if first == b'0' { b'1' } else { b'0' };
+    disk.write_at(at, &[other])?;
+    let mut node = disk.boot()?;
+    let failed = node.expect_line("carapace: boot failed: ")?;
+    assert!(failed.contains("not found"), "{failed}");
+    node.wait_exit()?;
+    assert_stopped_before_stage2(&node.transcript);
+    Ok(())
+}

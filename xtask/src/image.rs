@@ -1,0 +1,232 @@
+//! The disk image: our binaries and kernel staged into an extra tree, our
+//! initrd as a cpio, and mkosi (configured in image/) to turn them into a GPT
+//! disk with an ESP, two root slots with dm-verity, and the state partition.
+//!
+//! mkosi is only run again when one of its inputs changed: a hash over every
+//! input is kept beside the output.
+
+use crate::{binaries, cpio, host, kernel};
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Which image: the release image, or the test image that adds guest-side
+/// probes (never shipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Release,
+    Test,
+}
+
+impl Variant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Release => "release",
+            Variant::Test => "test",
+        }
+    }
+}
+
+/// What `build` produced.
+pub struct Image {
+    pub disk: PathBuf,
+    pub out_dir: PathBuf,
+}
+
+/// The version of the image: the workspace version, unless CARAPACE_VERSION says otherwise.
+pub fn version() -> String {
+    std::env::var("CARAPACE_VERSION").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string())
+}
+
+const TEST_BINS: &[&str] = &["carapace-test-checker", "carapace-test-crasher"];
+
+/// Builds (or reuses) the image of `variant`.
+pub fn build(root: &Path, variant: Variant) -> Result<Image> {
+    host::ensure_backports_packages(host::IMAGE_TOOLS)?;
+    let kernel = kernel::build(root)?;
+    let version = version();
+    let build = root.join("build");
+    let vdir = build.join(variant.name());
+    let out_dir = vdir.join("out");
+    let disk = out_dir.join("carapace.raw");
+
+    let init = binaries::build(root, "carapace-init", &["carapace-init"])?;
+    let init = &init[0];
+    let test_bins = match variant {
+        Variant::Test => binaries::build(root, "qemu-tests", TEST_BINS)?,
+        Variant::Release => Vec::new(),
+    };
+
+    // Stage the extra tree.
+    let tree = vdir.join("tree");
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree).with_context(|| format!("cannot clear {}", tree.display()))?;
+    }
+    let lib = tree.join("usr/lib/carapace");
+    std::fs::create_dir_all(&lib)?;
+    copy_exec(init, &lib.join("carapace-init"))?;
+    let manifest = match variant {
+        Variant::Release => "services.toml",
+        Variant::Test => "services-test.toml",
+    };
+    std::fs::copy(root.join("image").join(manifest), lib.join("services.toml"))
+        .with_context(|| format!("cannot copy image/{manifest}"))?;
+    if !test_bins.is_empty() {
+        std::fs::create_dir_all(lib.join("test"))?;
+        for bin in &test_bins {
+            let name = bin.file_name().context("binary has a name")?;
+            copy_exec(bin, &lib.join("test").join(name))?;
+        }
+    }
+    let mut os_release = std::fs::read_to_string(root.join("image/os-release"))?;
+    os_release.push_str(&format!("VERSION_ID={version}\n"));
+    std::fs::write(tree.join("usr/lib/os-release"), os_release)?;
+    let kdir = tree.join("usr/lib/modules").join(&kernel.release);
+    std::fs::create_dir_all(&kdir)?;
+    std::fs::copy(&kernel.bzimage, kdir.join("vmlinuz"))?;
+    // With these present (and empty) mkosi does not run depmod for our
+    // monolithic kernel.
+    for f in ["modules.dep", "modules.dep.bin", "modules.symbols", "modules.symbols.bin"] {
+        std::fs::write(kdir.join(f), b"")?;
+    }
+
+    // The initrd: carapace-init as /init.
+    let init_bytes = std::fs::read(init)?;
+    let initrd = vdir.join("initrd.cpio");
+    std::fs::write(&initrd, initrd_archive(&init_bytes))?;
+
+    // The package-manager tree: the host's own mirror for bookworm.
+    let pm_tree = build.join("pm-tree");
+    write_package_manager_tree(&pm_tree)?;
+
+    let key = input_hash(root, &tree, &initrd, &version)?;
+    let stamp = vdir.join("inputs.sha256");
+    if disk.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) {
+        eprintln!("image: {} is up to date", disk.display());
+        return Ok(Image { disk, out_dir });
+    }
+    std::fs::remove_file(&stamp).ok();
+    std::fs::create_dir_all(&out_dir)?;
+    for d in ["mkosi-cache", "mkosi-packages", "mkosi-workspace"] {
+        std::fs::create_dir_all(build.join(d))?;
+    }
+    eprintln!("image: building the {} image {version} with mkosi", variant.name());
+    let started = std::time::Instant::now();
+    let log = vdir.join("mkosi.log");
+    let args: Vec<std::ffi::OsString> = vec![
+        "--force".into(),
+        "--directory".into(),
+        root.join("image").into(),
+        "--image-version".into(),
+        version.clone().into(),
+        "--output".into(),
+        "carapace".into(),
+        "--output-dir".into(),
+        out_dir.clone().into(),
+        "--workspace-dir".into(),
+        build.join("mkosi-workspace").into(),
+        "--cache-dir".into(),
+        build.join("mkosi-cache").into(),
+        "--package-cache-dir".into(),
+        build.join("mkosi-packages").into(),
+        "--incremental".into(),
+        "--package-manager-tree".into(),
+        pm_tree.into(),
+        "--extra-tree".into(),
+        tree.into(),
+        "--initrd".into(),
+        initrd.into(),
+        "build".into(),
+    ];
+    let result = duct::cmd("mkosi", &args)
+        .dir(root.join("image"))
+        .stderr_to_stdout()
+        .stdout_path(&log)
+        .unchecked()
+        .run()
+        .context("cannot start mkosi")?;
+    if !result.status.success() || !disk.exists() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "mkosi failed ({}); the end of {}:\n{}",
+            result.status,
+            log.display(),
+            tail.join("\n")
+        );
+    }
+    std::fs::write(&stamp, &key)?;
+    eprintln!(
+        "image: {} built in {:.0} s",
+        disk.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Image { disk, out_dir })
+}
+
+fn copy_exec(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// The initrd: `/init` is carapace-init; `/etc/initrd-release` tells it that
+/// it is stage 1; `/dev/console` lets the kernel give it a console.
+pub fn initrd_archive(init: &[u8]) -> Vec<u8> {
+    use cpio::Entry;
+    let release = b"NAME=\"Carapace initrd\"\nID=carapace\n";
+    cpio::archive(&[
+        Entry::Dir { path: "dev", mode: 0o755 },
+        Entry::CharDev { path: "dev/console", mode: 0o600, major: 5, minor: 1 },
+        Entry::Dir { path: "etc", mode: 0o755 },
+        Entry::File { path: "etc/initrd-release", mode: 0o644, data: release },
+        Entry::Dir { path: "proc", mode: 0o755 },
+        Entry::Dir { path: "sys", mode: 0o755 },
+        Entry::Dir { path: "run", mode: 0o755 },
+        Entry::Dir { path: "sysroot", mode: 0o755 },
+        Entry::File { path: "init", mode: 0o755, data: init },
+    ])
+}
+
+/// Writes `etc/apt/sources.list.d/mkosi.sources` from the host's apt sources,
+/// so mkosi uses the host's mirror instead of its built-in list.
+fn write_package_manager_tree(dir: &Path) -> Result<()> {
+    let sources = host::host_sources();
+    let Some(main) = host::debian_mirror(&sources, "bookworm") else {
+        bail!("no Debian bookworm source in the host's apt configuration: mkosi needs one");
+    };
+    let mut text = host::render_deb822(&main.uri, &["bookworm"], main.signed_by.as_deref());
+    if let Some(sec) = host::security_mirror(&sources, "bookworm") {
+        text.push('\n');
+        text.push_str(&host::render_deb822(&sec.uri, &["bookworm-security"], sec.signed_by.as_deref()));
+    }
+    let list = dir.join("etc/apt/sources.list.d");
+    std::fs::create_dir_all(&list)?;
+    std::fs::write(list.join("mkosi.sources"), text)?;
+    Ok(())
+}
+
+fn hash_path(h: &mut Sha256, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)?.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for e in entries {
+            h.update(e.strip_prefix(path).unwrap_or(&e).to_string_lossy().as_bytes());
+            hash_path(h, &e)?;
+        }
+    } else {
+        h.update(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?);
+    }
+    Ok(())
+}
+
+fn input_hash(root: &Path, tree: &Path, initrd: &Path, version: &str) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(version.as_bytes());
+    hash_path(&mut h, &root.join("image"))?;
+    hash_path(&mut h, tree)?;
+    hash_path(&mut h, initrd)?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

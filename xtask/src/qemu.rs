@@ -1,0 +1,43 @@
+//! `cargo xtask run`: boots an image in QEMU with the serial console (and the
+//! QEMU monitor, behind ctrl-a c) on this terminal.
+
+use crate::image::Image;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+pub fn run_interactive(_root: &Path, image: &Image) -> Result<()> {
+    let vars = image.out_dir.join("OVMF_VARS.fd");
+    if !vars.exists() {
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).context("cannot copy the OVMF variables (package ovmf)")?;
+    }
+    let mut cmd = qemu_tests::qemu_command(&image.disk, &vars, None);
+    // The harness uses -serial stdio and -no-reboot; interactively we want the
+    // monitor multiplexed on the terminal and reboots to stay in QEMU.
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "-serial" => {
+                out.push("-serial".into());
+                out.push("mon:stdio".into());
+                i += 2;
+                continue;
+            }
+            "-no-reboot" => {}
+            a => out.push(a.to_string()),
+        }
+        i += 1;
+    }
+    eprintln!("run: booting {} (quit with ctrl-a x; the node powers off on ctrl-a c, system_powerdown)", image.disk.display());
+    cmd = std::process::Command::new(cmd.get_program());
+    cmd.args(&out);
+    let status = cmd.status().context("cannot start qemu-system-x86_64")?;
+    if !status.success() {
+        anyhow::bail!("qemu exited with {status}");
+    }
+    Ok(())
+}
