@@ -40,7 +40,7 @@ pub fn other_processes() -> Vec<Pid> {
 }
 
 fn reap_all() {
-    while let Ok(Some(_)) = rustix::process::waitpid(None, WaitOptions::NOHANG) {}
+    while let Ok(Some(_)) = rustix::process::wait(WaitOptions::NOHANG) {}
 }
 
 /// Sends `sig` to every other process, then reaps until they are gone or

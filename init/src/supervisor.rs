@@ -1,6 +1,6 @@
 //! Supervision: start the services of the manifest, forward their output to
 //! the console line by line, reap every child (services and orphans alike,
-//! with one global `waitpid(-1)` loop), and restart what ended according to
+//! with one global `wait(WNOHANG)` loop — `waitpid(None)` would only see our own process group), and restart what ended according to
 //! the restart policy. The event loop that drives it lives in `stage2`.
 
 use crate::backoff::{self, Exit};
@@ -216,7 +216,7 @@ impl Supervisor {
     /// anything else is an orphan and is simply reaped.
     pub fn reap(&mut self) {
         loop {
-            match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+            match rustix::process::wait(WaitOptions::NOHANG) {
                 Ok(Some((pid, status))) => {
                     match self.slots.iter().position(|s| s.pid == Some(pid)) {
                         Some(i) => {
