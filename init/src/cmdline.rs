@@ -25,7 +25,7 @@ impl RootHash {
         let bad = || CmdlineError::Malformed {
             value: value.to_string(),
         };
-        if value.len() % 2 != 0 || !(32..=128).contains(&value.len()) {
+        if !value.len().is_multiple_of(2) || !(32..=128).contains(&value.len()) {
             return Err(bad());
         }
         let bytes = (0..value.len())

@@ -48,7 +48,12 @@ pub enum DmError {
 }
 
 /// The header common to every request: version 4.0.0, sizes, flags and name.
-pub fn header(name: &str, flags: u32, data_size: usize, target_count: u32) -> Result<Vec<u8>, DmError> {
+pub fn header(
+    name: &str,
+    flags: u32,
+    data_size: usize,
+    target_count: u32,
+) -> Result<Vec<u8>, DmError> {
     if name.is_empty() || name.len() >= DM_NAME_LEN {
         return Err(DmError::Name(name.to_string()));
     }
@@ -64,7 +69,12 @@ pub fn header(name: &str, flags: u32, data_size: usize, target_count: u32) -> Re
 }
 
 /// DM_TABLE_LOAD with one target covering `[0, sectors)`, read-only.
-pub fn table_load(name: &str, target: &str, sectors: u64, params: &str) -> Result<Vec<u8>, DmError> {
+pub fn table_load(
+    name: &str,
+    target: &str,
+    sectors: u64,
+    params: &str,
+) -> Result<Vec<u8>, DmError> {
     if target.is_empty() || target.len() >= DM_MAX_TYPE_NAME {
         return Err(DmError::TargetType(target.to_string()));
     }
@@ -118,7 +128,12 @@ unsafe impl Ioctl for Call<'_> {
     }
 }
 
-fn call(control: impl AsFd, command: Command, name: &str, request: &[u8]) -> Result<Vec<u8>, DmError> {
+fn call(
+    control: impl AsFd,
+    command: Command,
+    name: &str,
+    request: &[u8],
+) -> Result<Vec<u8>, DmError> {
     // Copy into u64s so the buffer has the alignment of struct dm_ioctl.
     let mut words = vec![0u64; request.len().div_ceil(8)];
     for (i, chunk) in request.chunks(8).enumerate() {
@@ -128,7 +143,16 @@ fn call(control: impl AsFd, command: Command, name: &str, request: &[u8]) -> Res
     }
     // SAFETY: see the `Ioctl` impl of `Call`: the buffer outlives the call and
     // is as long as the request says.
-    unsafe { rustix::ioctl::ioctl(control, Call { command, buf: &mut words }) }.map_err(|e| DmError::Ioctl {
+    unsafe {
+        rustix::ioctl::ioctl(
+            control,
+            Call {
+                command,
+                buf: &mut words,
+            },
+        )
+    }
+    .map_err(|e| DmError::Ioctl {
         command,
         name: name.to_string(),
         err: e.into(),
@@ -138,18 +162,38 @@ fn call(control: impl AsFd, command: Command, name: &str, request: &[u8]) -> Res
 
 /// Creates the read-only device `name` with one `target` and activates it;
 /// returns its /dev/dm-N path (devtmpfs creates the node).
-pub fn create_device(name: &str, target: &str, sectors: u64, params: &str) -> Result<String, DmError> {
+pub fn create_device(
+    name: &str,
+    target: &str,
+    sectors: u64,
+    params: &str,
+) -> Result<String, DmError> {
     let control = rustix::fs::open(
         "/dev/mapper/control",
         rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| DmError::Control(e.into()))?;
-    let reply = call(&control, Command::DevCreate, name, &header(name, 0, DM_IOCTL_SIZE, 0)?)?;
+    let reply = call(
+        &control,
+        Command::DevCreate,
+        name,
+        &header(name, 0, DM_IOCTL_SIZE, 0)?,
+    )?;
     let (_, minor) = decode_dev(&reply);
-    call(&control, Command::TableLoad, name, &table_load(name, target, sectors, params)?)?;
+    call(
+        &control,
+        Command::TableLoad,
+        name,
+        &table_load(name, target, sectors, params)?,
+    )?;
     // DM_DEV_SUSPEND without DM_SUSPEND_FLAG resumes: the loaded table goes live.
-    call(&control, Command::DevSuspend, name, &header(name, 0, DM_IOCTL_SIZE, 0)?)?;
+    call(
+        &control,
+        Command::DevSuspend,
+        name,
+        &header(name, 0, DM_IOCTL_SIZE, 0)?,
+    )?;
     Ok(format!("/dev/dm-{minor}"))
 }
 
@@ -187,11 +231,18 @@ mod tests {
         let params = "1 /dev/vda2 /dev/vda3 4096 4096 64 1 sha256 ab -";
         let b = table_load("root", "verity", 512, params).expect("valid");
         assert_eq!(b.len() % 8, 0);
-        assert_eq!(u32_at(&b, 12) as usize, b.len(), "data_size covers the whole buffer");
+        assert_eq!(
+            u32_at(&b, 12) as usize,
+            b.len(),
+            "data_size covers the whole buffer"
+        );
         assert_eq!(u32_at(&b, 20), 1, "one target");
         assert_eq!(u32_at(&b, 28) & DM_READONLY_FLAG, DM_READONLY_FLAG);
         let s = DM_IOCTL_SIZE;
-        assert_eq!(u64::from_ne_bytes(b[s + 8..s + 16].try_into().expect("8 bytes")), 512);
+        assert_eq!(
+            u64::from_ne_bytes(b[s + 8..s + 16].try_into().expect("8 bytes")),
+            512
+        );
         assert_eq!(&b[s + 24..s + 31], b"verity\0");
         let p = s + DM_TARGET_SPEC_SIZE;
         assert_eq!(&b[p..p + params.len()], params.as_bytes());
@@ -202,8 +253,14 @@ mod tests {
     #[test]
     fn bad_names_are_refused() {
         assert!(matches!(header("", 0, 312, 0), Err(DmError::Name(_))));
-        assert!(matches!(header(&"x".repeat(128), 0, 312, 0), Err(DmError::Name(_))));
-        assert!(matches!(table_load("root", "a-very-long-target-name", 1, ""), Err(DmError::TargetType(_))));
+        assert!(matches!(
+            header(&"x".repeat(128), 0, 312, 0),
+            Err(DmError::Name(_))
+        ));
+        assert!(matches!(
+            table_load("root", "a-very-long-target-name", 1, ""),
+            Err(DmError::TargetType(_))
+        ));
     }
 
     #[test]

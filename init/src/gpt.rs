@@ -63,19 +63,23 @@ pub mod types {
     }
     /// 4f68bce3-e8cd-4db1-96e7-fbcaf984b709
     pub const ROOT_X86_64: Guid = g([
-        0x4f, 0x68, 0xbc, 0xe3, 0xe8, 0xcd, 0x4d, 0xb1, 0x96, 0xe7, 0xfb, 0xca, 0xf9, 0x84, 0xb7, 0x09,
+        0x4f, 0x68, 0xbc, 0xe3, 0xe8, 0xcd, 0x4d, 0xb1, 0x96, 0xe7, 0xfb, 0xca, 0xf9, 0x84, 0xb7,
+        0x09,
     ]);
     /// 2c7357ed-ebd2-46d9-aec1-23d437ec2bf5
     pub const ROOT_VERITY_X86_64: Guid = g([
-        0x2c, 0x73, 0x57, 0xed, 0xeb, 0xd2, 0x46, 0xd9, 0xae, 0xc1, 0x23, 0xd4, 0x37, 0xec, 0x2b, 0xf5,
+        0x2c, 0x73, 0x57, 0xed, 0xeb, 0xd2, 0x46, 0xd9, 0xae, 0xc1, 0x23, 0xd4, 0x37, 0xec, 0x2b,
+        0xf5,
     ]);
     /// 4d21b016-b534-45c2-a9fb-5c16e091fd2d
     pub const VAR: Guid = g([
-        0x4d, 0x21, 0xb0, 0x16, 0xb5, 0x34, 0x45, 0xc2, 0xa9, 0xfb, 0x5c, 0x16, 0xe0, 0x91, 0xfd, 0x2d,
+        0x4d, 0x21, 0xb0, 0x16, 0xb5, 0x34, 0x45, 0xc2, 0xa9, 0xfb, 0x5c, 0x16, 0xe0, 0x91, 0xfd,
+        0x2d,
     ]);
     /// c12a7328-f81f-11d2-ba4b-00a0c93ec93b
     pub const ESP: Guid = g([
-        0xc1, 0x2a, 0x73, 0x28, 0xf8, 0x1f, 0x11, 0xd2, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
+        0xc1, 0x2a, 0x73, 0x28, 0xf8, 0x1f, 0x11, 0xd2, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9,
+        0x3b,
     ]);
 }
 
@@ -146,7 +150,7 @@ pub fn entries_location(head: &[u8], sector: usize) -> Result<(u64, usize), GptE
 }
 
 fn check_entry_geometry(count: u32, size: u32) -> Result<(), GptError> {
-    if size < 128 || size % 8 != 0 || size > 4096 {
+    if size < 128 || !size.is_multiple_of(8) || size > 4096 {
         return Err(GptError::EntrySize(size));
     }
     if count > 1024 {
@@ -232,7 +236,7 @@ pub fn partition_by_uuid<'a>(parts: &'a [Partition], uuid: &Guid) -> Option<&'a 
 }
 
 /// The partitions of type `t`, in table order.
-pub fn partitions_by_type<'a>(parts: &'a [Partition], t: Guid) -> impl Iterator<Item = &'a Partition> {
+pub fn partitions_by_type(parts: &[Partition], t: Guid) -> impl Iterator<Item = &Partition> {
     parts.iter().filter(move |p| p.type_guid == t)
 }
 
@@ -261,7 +265,15 @@ mod tests {
     fn reads_the_table_systemd_repart_wrote() {
         let parts = parse_fixture();
         let types: Vec<Guid> = parts.iter().map(|p| p.type_guid).collect();
-        assert_eq!(types, vec![types::ESP, types::ROOT_X86_64, types::ROOT_VERITY_X86_64, types::VAR]);
+        assert_eq!(
+            types,
+            vec![
+                types::ESP,
+                types::ROOT_X86_64,
+                types::ROOT_VERITY_X86_64,
+                types::VAR
+            ]
+        );
         assert_eq!(parts[0].number, 1);
         assert_eq!(parts[3].number, 4);
         assert_eq!(parts[1].name, "root-x86-64");
@@ -272,9 +284,11 @@ mod tests {
     fn partition_uuids_are_the_halves_of_the_root_hash() {
         let parts = parse_fixture();
         let hash = crate::cmdline::RootHash::from_hex(ROOT_HASH.trim()).expect("fixture hash");
-        let data = partition_by_uuid(&parts, &Guid(hash.data_partition_uuid())).expect("data partition");
+        let data =
+            partition_by_uuid(&parts, &Guid(hash.data_partition_uuid())).expect("data partition");
         assert_eq!(data.type_guid, types::ROOT_X86_64);
-        let verity = partition_by_uuid(&parts, &Guid(hash.hash_partition_uuid())).expect("hash partition");
+        let verity =
+            partition_by_uuid(&parts, &Guid(hash.hash_partition_uuid())).expect("hash partition");
         assert_eq!(verity.type_guid, types::ROOT_VERITY_X86_64);
     }
 
@@ -282,7 +296,10 @@ mod tests {
     fn corrupted_header_is_refused() {
         let mut disk = DISK_HEAD.to_vec();
         disk[512 + 40] ^= 1;
-        assert!(matches!(entries_location(&disk, 512), Err(GptError::HeaderCrc { .. })));
+        assert!(matches!(
+            entries_location(&disk, 512),
+            Err(GptError::HeaderCrc { .. })
+        ));
     }
 
     #[test]
@@ -290,13 +307,22 @@ mod tests {
         let (off, len) = entries_location(DISK_HEAD, 512).expect("header");
         let mut entries = DISK_HEAD[off as usize..off as usize + len].to_vec();
         entries[200] ^= 0x80;
-        assert!(matches!(parse(DISK_HEAD, &entries, 512), Err(GptError::EntriesCrc { .. })));
+        assert!(matches!(
+            parse(DISK_HEAD, &entries, 512),
+            Err(GptError::EntriesCrc { .. })
+        ));
     }
 
     #[test]
     fn a_disk_without_gpt_is_refused() {
-        assert_eq!(entries_location(&[0u8; 1024], 512), Err(GptError::NoSignature));
-        assert!(matches!(entries_location(&[0u8; 100], 512), Err(GptError::Truncated { .. })));
+        assert_eq!(
+            entries_location(&[0u8; 1024], 512),
+            Err(GptError::NoSignature)
+        );
+        assert!(matches!(
+            entries_location(&[0u8; 100], 512),
+            Err(GptError::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -51,11 +51,27 @@ pub fn up() -> std::io::Result<()> {
     let sock = socket(AddressFamily::INET, SocketType::DGRAM, None)?;
     let mut req = ifreq("lo", 0);
     // SAFETY: see the `Ioctl` impl of `IfreqCall`.
-    unsafe { rustix::ioctl::ioctl(&sock, IfreqCall { opcode: SIOCGIFFLAGS, req: &mut req }) }?;
+    unsafe {
+        rustix::ioctl::ioctl(
+            &sock,
+            IfreqCall {
+                opcode: SIOCGIFFLAGS,
+                req: &mut req,
+            },
+        )
+    }?;
     let flags = i16::from_ne_bytes([req[16], req[17]]) | IFF_UP;
     let mut req = ifreq("lo", flags);
     // SAFETY: see the `Ioctl` impl of `IfreqCall`.
-    unsafe { rustix::ioctl::ioctl(&sock, IfreqCall { opcode: SIOCSIFFLAGS, req: &mut req }) }?;
+    unsafe {
+        rustix::ioctl::ioctl(
+            &sock,
+            IfreqCall {
+                opcode: SIOCSIFFLAGS,
+                req: &mut req,
+            },
+        )
+    }?;
     Ok(())
 }
 

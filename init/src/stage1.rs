@@ -25,7 +25,11 @@ pub enum LocateError {
     #[error("root partition {uuid} (the first half of roothash=) not found on any disk ({seen})")]
     NoData { uuid: Guid, seen: String },
     #[error("verity partition {uuid} (the second half of roothash=) not found on {disk} ({seen})")]
-    NoHash { uuid: Guid, disk: String, seen: String },
+    NoHash {
+        uuid: Guid,
+        disk: String,
+        seen: String,
+    },
     #[error("partition {uuid} on {disk} has type {actual}, not {expected}")]
     WrongType {
         uuid: Guid,
@@ -83,10 +87,12 @@ pub fn locate(hash: &RootHash, disks: &[DiskTable]) -> Result<Located, LocateErr
             uuid: data_uuid,
             seen: describe(disks),
         })?;
-    let data = gpt::partition_by_uuid(parts, &data_uuid).cloned().ok_or_else(|| LocateError::NoData {
-        uuid: data_uuid,
-        seen: describe(disks),
-    })?;
+    let data = gpt::partition_by_uuid(parts, &data_uuid)
+        .cloned()
+        .ok_or_else(|| LocateError::NoData {
+            uuid: data_uuid,
+            seen: describe(disks),
+        })?;
     let hash_part = gpt::partition_by_uuid(parts, &hash_uuid)
         .cloned()
         .ok_or_else(|| LocateError::NoHash {
@@ -94,7 +100,10 @@ pub fn locate(hash: &RootHash, disks: &[DiskTable]) -> Result<Located, LocateErr
             disk: format!("/dev/{disk}"),
             seen: describe(disks),
         })?;
-    for (p, expected) in [(&data, gpt::types::ROOT_X86_64), (&hash_part, gpt::types::ROOT_VERITY_X86_64)] {
+    for (p, expected) in [
+        (&data, gpt::types::ROOT_X86_64),
+        (&hash_part, gpt::types::ROOT_VERITY_X86_64),
+    ] {
         if p.type_guid != expected {
             return Err(LocateError::WrongType {
                 uuid: p.unique_guid,
@@ -142,7 +151,8 @@ fn read_table(disk: &str) -> Result<Vec<Partition>, String> {
     let dev = format!("/dev/{disk}");
     let head = read_exact_at(&dev, 0, 2 * sector).map_err(|e| format!("cannot read: {e}"))?;
     let (off, len) = gpt::entries_location(&head, sector).map_err(|e| e.to_string())?;
-    let entries = read_exact_at(&dev, off, len).map_err(|e| format!("cannot read the GPT entries: {e}"))?;
+    let entries =
+        read_exact_at(&dev, off, len).map_err(|e| format!("cannot read the GPT entries: {e}"))?;
     gpt::parse(&head, &entries, sector).map_err(|e| e.to_string())
 }
 
@@ -188,7 +198,9 @@ fn wait_partition_device(disk: &str, number: u32, deadline: Instant) -> Result<S
             }
         }
         if Instant::now() > deadline {
-            return Err(format!("partition {number} of /dev/{disk} has no device node"));
+            return Err(format!(
+                "partition {number} of /dev/{disk} has no device node"
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -247,7 +259,8 @@ fn free_initramfs(dir: &Path, root_dev: u64) {
 fn boot() -> Result<std::convert::Infallible, String> {
     mount_api_filesystems()?;
     say(&format!("stage 1 at {} ms", crate::clock::ms_since_boot()));
-    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("cannot read /proc/cmdline: {e}"))?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline")
+        .map_err(|e| format!("cannot read /proc/cmdline: {e}"))?;
     let hash = crate::cmdline::roothash(&cmdline).map_err(|e| e.to_string())?;
 
     // The disk may still be probing: look again until it shows up.
@@ -264,8 +277,10 @@ fn boot() -> Result<std::convert::Infallible, String> {
     let hash_dev = wait_partition_device(&located.disk, located.hash.number, deadline)?;
     let var_dev = wait_partition_device(&located.disk, located.var.number, deadline)?;
 
-    let sb_bytes = read_exact_at(&hash_dev, 0, 512).map_err(|e| format!("cannot read the verity superblock on {hash_dev}: {e}"))?;
-    let sb = Superblock::parse(&sb_bytes).map_err(|e| format!("verity superblock on {hash_dev}: {e}"))?;
+    let sb_bytes = read_exact_at(&hash_dev, 0, 512)
+        .map_err(|e| format!("cannot read the verity superblock on {hash_dev}: {e}"))?;
+    let sb = Superblock::parse(&sb_bytes)
+        .map_err(|e| format!("verity superblock on {hash_dev}: {e}"))?;
     let params = sb.table_params(&data_dev, &hash_dev, hash.as_bytes());
     let verity_dev = crate::dm::create_device(VERITY_NAME, "verity", sb.data_sectors(), &params)
         .map_err(|e| format!("cannot create the dm-verity device for {data_dev}: {e}"))?;
@@ -275,13 +290,27 @@ fn boot() -> Result<std::convert::Infallible, String> {
     }
 
     let sysroot = crate::SYSROOT;
-    mount(verity_dev.as_str(), sysroot, "erofs", MountFlags::RDONLY, None)
-        .map_err(|e| format!("cannot mount {verity_dev} (verified {data_dev}) as erofs on {sysroot}: {e}"))?;
+    mount(
+        verity_dev.as_str(),
+        sysroot,
+        "erofs",
+        MountFlags::RDONLY,
+        None,
+    )
+    .map_err(|e| {
+        format!("cannot mount {verity_dev} (verified {data_dev}) as erofs on {sysroot}: {e}")
+    })?;
     let stage2 = format!("{sysroot}{}", crate::STAGE2_PATH);
     read_through(&stage2)?;
     let var = format!("{sysroot}/var");
-    mount(var_dev.as_str(), var.as_str(), "ext4", MountFlags::NOATIME | MountFlags::NOSUID | MountFlags::NODEV, None)
-        .map_err(|e| format!("cannot mount the state partition {var_dev} as ext4 on /var: {e}"))?;
+    mount(
+        var_dev.as_str(),
+        var.as_str(),
+        "ext4",
+        MountFlags::NOATIME | MountFlags::NOSUID | MountFlags::NODEV,
+        None,
+    )
+    .map_err(|e| format!("cannot mount the state partition {var_dev} as ext4 on /var: {e}"))?;
     say(&format!(
         "root {data_dev} verified by {hash_dev} as {verity_dev}, state {var_dev} on /var, at {} ms",
         crate::clock::ms_since_boot()
@@ -289,16 +318,24 @@ fn boot() -> Result<std::convert::Infallible, String> {
 
     for api in ["/dev", "/proc", "/sys"] {
         let target = format!("{sysroot}{api}");
-        mount_move(api, target.as_str()).map_err(|e| format!("cannot move {api} to {target}: {e}"))?;
+        mount_move(api, target.as_str())
+            .map_err(|e| format!("cannot move {api} to {target}: {e}"))?;
     }
-    let root_dev = std::fs::symlink_metadata("/").map(|m| m.dev()).map_err(|e| format!("cannot stat /: {e}"))?;
+    let root_dev = std::fs::symlink_metadata("/")
+        .map(|m| m.dev())
+        .map_err(|e| format!("cannot stat /: {e}"))?;
     free_initramfs(Path::new("/"), root_dev);
     rustix::process::chdir(sysroot).map_err(|e| format!("cannot enter {sysroot}: {e}"))?;
     mount_move(".", "/").map_err(|e| format!("cannot move {sysroot} to /: {e}"))?;
     rustix::process::chroot(".").map_err(|e| format!("cannot chroot into the new root: {e}"))?;
     rustix::process::chdir("/").map_err(|e| format!("cannot chdir to the new /: {e}"))?;
-    let err = std::process::Command::new(crate::STAGE2_PATH).arg0("carapace-init").exec();
-    Err(format!("cannot start stage 2 {}: {err}", crate::STAGE2_PATH))
+    let err = std::process::Command::new(crate::STAGE2_PATH)
+        .arg0("carapace-init")
+        .exec();
+    Err(format!(
+        "cannot start stage 2 {}: {err}",
+        crate::STAGE2_PATH
+    ))
 }
 
 /// Runs stage 1; only returns by exec'ing stage 2, else powers off.
@@ -318,7 +355,8 @@ mod tests {
 
     fn fixture_disks() -> Vec<DiskTable> {
         let (off, len) = gpt::entries_location(DISK_HEAD, 512).expect("header");
-        let parts = gpt::parse(DISK_HEAD, &DISK_HEAD[off as usize..off as usize + len], 512).expect("table");
+        let parts = gpt::parse(DISK_HEAD, &DISK_HEAD[off as usize..off as usize + len], 512)
+            .expect("table");
         vec![
             DiskTable {
                 disk: "sda".into(),
@@ -349,7 +387,10 @@ mod tests {
         let err = locate(&hash, &fixture_disks()).expect_err("no such partition");
         let msg = err.to_string();
         assert!(msg.contains("not found on any disk"), "{msg}");
-        assert!(msg.contains(&Guid(hash.data_partition_uuid()).to_string()), "{msg}");
+        assert!(
+            msg.contains(&Guid(hash.data_partition_uuid()).to_string()),
+            "{msg}"
+        );
         assert!(msg.contains("/dev/vda: GPT with 4 partitions"), "{msg}");
         assert!(msg.contains("/dev/sda: no GPT signature"), "{msg}");
     }
@@ -373,7 +414,9 @@ mod tests {
         }
         assert_eq!(
             locate(&hash, &disks),
-            Err(LocateError::NoVar { disk: "/dev/vda".into() })
+            Err(LocateError::NoVar {
+                disk: "/dev/vda".into()
+            })
         );
     }
 
@@ -386,7 +429,11 @@ mod tests {
 
     #[test]
     fn candidate_disks() {
-        assert!(is_candidate_disk("vda") && is_candidate_disk("nvme0n1") && is_candidate_disk("sdb"));
-        assert!(!is_candidate_disk("loop0") && !is_candidate_disk("dm-0") && !is_candidate_disk("ram0"));
+        assert!(
+            is_candidate_disk("vda") && is_candidate_disk("nvme0n1") && is_candidate_disk("sdb")
+        );
+        assert!(
+            !is_candidate_disk("loop0") && !is_candidate_disk("dm-0") && !is_candidate_disk("ram0")
+        );
     }
 }

@@ -122,7 +122,13 @@ impl Superblock {
     pub fn table_params(&self, data_dev: &str, hash_dev: &str, root_hash: &[u8]) -> String {
         let mut s = format!(
             "{} {} {} {} {} {} 1 {} ",
-            self.hash_type, data_dev, hash_dev, self.data_block_size, self.hash_block_size, self.data_blocks, self.algorithm
+            self.hash_type,
+            data_dev,
+            hash_dev,
+            self.data_block_size,
+            self.hash_block_size,
+            self.data_blocks,
+            self.algorithm
         );
         for b in root_hash {
             let _ = write!(s, "{b:02x}");
@@ -199,16 +205,25 @@ mod tests {
         assert_eq!(Superblock::parse(&b), Err(SuperblockError::BadSignature));
         let mut b = SB.to_vec();
         b[32..38].copy_from_slice(b"md5\0\0\0");
-        assert_eq!(Superblock::parse(&b), Err(SuperblockError::Algorithm("md5".into())));
+        assert_eq!(
+            Superblock::parse(&b),
+            Err(SuperblockError::Algorithm("md5".into()))
+        );
         let mut b = SB.to_vec();
         b[64..68].copy_from_slice(&0u32.to_le_bytes());
-        assert!(matches!(Superblock::parse(&b), Err(SuperblockError::BlockSize { what: "data", .. })));
+        assert!(matches!(
+            Superblock::parse(&b),
+            Err(SuperblockError::BlockSize { what: "data", .. })
+        ));
         let mut b = SB.to_vec();
         b[72..80].copy_from_slice(&0u64.to_le_bytes());
         assert_eq!(Superblock::parse(&b), Err(SuperblockError::NoData));
         let mut b = SB.to_vec();
         b[80..82].copy_from_slice(&300u16.to_le_bytes());
         assert_eq!(Superblock::parse(&b), Err(SuperblockError::SaltSize(300)));
-        assert_eq!(Superblock::parse(&SB[..100]), Err(SuperblockError::Truncated(100)));
+        assert_eq!(
+            Superblock::parse(&SB[..100]),
+            Err(SuperblockError::Truncated(100))
+        );
     }
 }

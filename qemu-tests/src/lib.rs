@@ -98,7 +98,8 @@ impl TestDisk {
             bail!("copying {} failed", image.display());
         }
         let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("cannot copy {OVMF_VARS} (package ovmf)"))?;
+        std::fs::copy(OVMF_VARS, &vars)
+            .with_context(|| format!("cannot copy {OVMF_VARS} (package ovmf)"))?;
         Ok(TestDisk { dir, disk, vars })
     }
 
@@ -114,7 +115,13 @@ impl TestDisk {
             .iter()
             .find(|p| p.type_guid == type_guid && label.is_none_or(|l| p.label == l))
             .cloned()
-            .with_context(|| format!("no partition of type {type_guid} on {} ({} partitions)", self.disk.display(), parts.len()))
+            .with_context(|| {
+                format!(
+                    "no partition of type {type_guid} on {} ({} partitions)",
+                    self.disk.display(),
+                    parts.len()
+                )
+            })
     }
 
     /// Reads `len` bytes of the disk at `offset`.
@@ -166,7 +173,11 @@ pub fn partitions(disk: &Path) -> Result<Vec<Partition>> {
         .output()
         .context("cannot run sfdisk (package fdisk)")?;
     if !out.status.success() {
-        bail!("sfdisk --dump {} failed: {}", disk.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "sfdisk --dump {} failed: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut sector = 512u64;
@@ -193,7 +204,9 @@ pub fn partitions(disk: &Path) -> Result<Vec<Partition>> {
             size: 0,
         };
         for field in rest.split(", ") {
-            let Some((k, v)) = field.split_once('=') else { continue };
+            let Some((k, v)) = field.split_once('=') else {
+                continue;
+            };
             let v = v.trim().trim_matches('"');
             match k.trim() {
                 "start" => p.offset = v.parse::<u64>().unwrap_or(0) * sector,
@@ -264,17 +277,28 @@ pub struct Node {
 /// The QEMU command line for `disk`: q35, OVMF, TCG, virtio disk, serial on stdio.
 pub fn qemu_command(disk: &Path, vars: &Path, monitor: Option<&Path>) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024", "-smp", "1"])
-        .args(["-display", "none", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot"])
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
-        .args(["-device", "virtio-rng-pci"]);
+    cmd.args([
+        "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024", "-smp", "1",
+    ])
+    .args([
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-user-config",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ])
+    .arg("-drive")
+    .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+    .arg("-drive")
+    .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+    .arg("-drive")
+    .arg(format!("file={},format=raw,if=virtio", disk.display()))
+    .args(["-device", "virtio-rng-pci"]);
     if let Some(m) = monitor {
-        cmd.arg("-monitor").arg(format!("unix:{},server=on,wait=off", m.display()));
+        cmd.arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", m.display()));
     }
     cmd
 }
@@ -288,7 +312,8 @@ impl Node {
         let options = rexpect::reader::Options::new()
             .timeout_ms(Some(EXPECT_TIMEOUT.as_millis() as u64))
             .strip_ansi_escape_codes(true);
-        let session = spawn_with_options(cmd, options).context("cannot start qemu-system-x86_64")?;
+        let session =
+            spawn_with_options(cmd, options).context("cannot start qemu-system-x86_64")?;
         Ok(Node {
             session,
             monitor,
@@ -337,6 +362,16 @@ impl Node {
         Ok(format!("{prefix}{rest}"))
     }
 
+    /// Reads the console line by line until `done` holds for everything read
+    /// so far (for lines that come in no fixed order).
+    pub fn wait_until(&mut self, what: &str, done: impl Fn(&str) -> bool) -> Result<()> {
+        while !done(&self.transcript) {
+            self.expect_regex("\r?\n")
+                .with_context(|| format!("waiting until {what}"))?;
+        }
+        Ok(())
+    }
+
     /// Waits for `carapace: ready` and parses it.
     pub fn wait_ready(&mut self) -> Result<Ready> {
         let line = self.expect_line("carapace: ready ")?;
@@ -361,7 +396,11 @@ impl Node {
                 }
             }
         }
-        bail!("cannot reach the QEMU monitor at {}: {:?}", self.monitor.display(), last_err)
+        bail!(
+            "cannot reach the QEMU monitor at {}: {:?}",
+            self.monitor.display(),
+            last_err
+        )
     }
 
     /// Presses the ACPI power button (what clouds and `system_powerdown` do).
@@ -385,26 +424,6 @@ impl Node {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_ready_line() {
-        let r = parse_ready("carapace: ready version=0.1.0 roothash=abcd at 1234 ms").expect("parses");
-        assert_eq!(r.version, "0.1.0");
-        assert_eq!(r.roothash, "abcd");
-        assert_eq!(r.ms, 1234);
-        assert!(parse_ready("carapace: ready version=0.1.0").is_none());
-    }
-
-    #[test]
-    fn finds_needles() {
-        assert_eq!(find_all(b"abcabc", b"bc"), vec![1, 4]);
-        assert!(find_all(b"ab", b"abc").is_empty());
-    }
-}
-
 /// Where the root hash sits in the kernel command line of the UKI on the ESP:
 /// the disk offset of the first hex digit after `roothash=`, and the hash.
 pub fn find_uki_roothash(disk: &TestDisk) -> Result<(u64, String)> {
@@ -419,12 +438,18 @@ pub fn find_uki_roothash(disk: &TestDisk) -> Result<(u64, String)> {
             .copied()
             .collect();
         if hex.len() == 64 {
-            found.push((esp.offset + start as u64, String::from_utf8_lossy(&hex).into_owned()));
+            found.push((
+                esp.offset + start as u64,
+                String::from_utf8_lossy(&hex).into_owned(),
+            ));
         }
     }
     match found.len() {
         1 => Ok(found.remove(0)),
-        n => bail!("expected one roothash= in the ESP of {}, found {n}", disk.disk.display()),
+        n => bail!(
+            "expected one roothash= in the ESP of {}, found {n}",
+            disk.disk.display()
+        ),
     }
 }
 
@@ -433,7 +458,10 @@ pub fn find_uki_roothash(disk: &TestDisk) -> Result<(u64, String)> {
 pub fn find_file_block_in_root(disk: &TestDisk, file: &Path) -> Result<u64> {
     let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     if data.len() < 3 * 4096 {
-        bail!("{} is too small to pick a block from its middle", file.display());
+        bail!(
+            "{} is too small to pick a block from its middle",
+            file.display()
+        );
     }
     let mid = (data.len() / 2) & !4095;
     let block = &data[mid..mid + 4096];
@@ -450,5 +478,26 @@ pub fn find_file_block_in_root(disk: &TestDisk, file: &Path) -> Result<u64> {
             file.display(),
             hits.len()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_ready_line() {
+        let r =
+            parse_ready("carapace: ready version=0.1.0 roothash=abcd at 1234 ms").expect("parses");
+        assert_eq!(r.version, "0.1.0");
+        assert_eq!(r.roothash, "abcd");
+        assert_eq!(r.ms, 1234);
+        assert!(parse_ready("carapace: ready version=0.1.0").is_none());
+    }
+
+    #[test]
+    fn finds_needles() {
+        assert_eq!(find_all(b"abcabc", b"bc"), vec![1, 4]);
+        assert!(find_all(b"ab", b"abc").is_empty());
     }
 }

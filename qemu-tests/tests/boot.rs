@@ -9,7 +9,8 @@ fn line_with<'a>(transcript: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 #[test]
-fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_cycles() -> anyhow::Result<()> {
+fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_cycles(
+) -> anyhow::Result<()> {
     let disk = TestDisk::fresh("boot")?;
     let (_, uki_hash) = find_uki_roothash(&disk)?;
     let root_a = disk.partition(part_type::ROOT_X86_64, None)?;
@@ -18,9 +19,15 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_cycles()
     // First boot.
     let mut node = disk.boot()?;
     let stage1 = node.expect_line("carapace: stage 1 ")?;
-    assert!(stage1.contains(" at ") && stage1.contains(" ms"), "{stage1}");
+    assert!(
+        stage1.contains(" at ") && stage1.contains(" ms"),
+        "{stage1}"
+    );
     let ready = node.wait_ready()?;
-    assert_eq!(ready.roothash, uki_hash, "ready reports the root hash of the UKI");
+    assert_eq!(
+        ready.roothash, uki_hash,
+        "ready reports the root hash of the UKI"
+    );
     assert_eq!(ready.version, env!("CARGO_PKG_VERSION"));
     // The partitions stage 1 used are the ones named by the root hash.
     assert_eq!(root_a.uuid.replace('-', ""), uki_hash[..32]);
@@ -29,12 +36,22 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_cycles()
     node.expect("checker: done")?;
     let t = node.transcript.clone();
     let root = line_with(&t, "checker: root ").unwrap_or_default();
-    assert!(root.contains("/dev/dm-") || root.contains("/dev/mapper/"), "root is the verity device: {root}");
+    assert!(
+        root.contains("/dev/dm-") || root.contains("/dev/mapper/"),
+        "root is the verity device: {root}"
+    );
     assert!(root.contains("erofs"), "root is erofs: {root}");
-    assert!(root.split_whitespace().any(|w| w == "ro" || w.starts_with("ro,")), "root is read-only: {root}");
+    assert!(
+        root.split_whitespace()
+            .any(|w| w == "ro" || w.starts_with("ro,")),
+        "root is read-only: {root}"
+    );
     let write = line_with(&t, "checker: write to / ").unwrap_or_default();
     assert!(write.contains("failed"), "a write to / must fail: {write}");
-    assert!(t.contains("checker: var boots=1"), "first boot counts 1 on /var:\n{t}");
+    assert!(
+        t.contains("checker: var boots=1"),
+        "first boot counts 1 on /var:\n{t}"
+    );
 
     // The power button shuts the node down in order.
     node.press_power_button()?;
@@ -47,7 +64,10 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_cycles()
     let var = disk.partition(part_type::VAR, None)?;
     let var_copy = disk.dir.join("var.ext4");
     disk.extract(&var, &var_copy)?;
-    let fsck = Command::new("e2fsck").args(["-n", "-f"]).arg(&var_copy).output()?;
+    let fsck = Command::new("e2fsck")
+        .args(["-n", "-f"])
+        .arg(&var_copy)
+        .output()?;
     assert!(
         fsck.status.success(),
         "e2fsck -n -f on /var after power-off: {}\n{}",

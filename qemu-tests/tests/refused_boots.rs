@@ -4,9 +4,18 @@
 use qemu_tests::{find_file_block_in_root, find_uki_roothash, node_init_binary, TestDisk};
 
 fn assert_stopped_before_stage2(transcript: &str) {
-    assert!(!transcript.contains("carapace: stage 2"), "stage 2 must not run:\n{transcript}");
-    assert!(!transcript.contains("carapace: ready"), "the node must not become ready:\n{transcript}");
-    assert!(!transcript.contains("[checker]"), "no service may run:\n{transcript}");
+    assert!(
+        !transcript.contains("carapace: stage 2"),
+        "stage 2 must not run:\n{transcript}"
+    );
+    assert!(
+        !transcript.contains("carapace: ready"),
+        "the node must not become ready:\n{transcript}"
+    );
+    assert!(
+        !transcript.contains("[checker]"),
+        "no service may run:\n{transcript}"
+    );
 }
 
 #[test]
@@ -21,8 +30,14 @@ fn tampered_root_refuses_to_boot() -> anyhow::Result<()> {
     let failed = node.expect_line("carapace: boot failed: ")?;
     let (_, _) = node.wait_exit()?;
     let t = node.transcript.clone();
-    assert!(t.contains("verity"), "the kernel's dm-verity error is on the console:\n{t}");
-    assert!(failed.contains("carapace-init"), "the line names what could not be read: {failed}");
+    assert!(
+        t.contains("verity"),
+        "the kernel's dm-verity error is on the console:\n{t}"
+    );
+    assert!(
+        failed.contains("carapace-init"),
+        "the line names what could not be read: {failed}"
+    );
     assert_stopped_before_stage2(&t);
     Ok(())
 }

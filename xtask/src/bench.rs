@@ -50,7 +50,13 @@ pub fn boot(root: &Path, runs: usize) -> Result<()> {
         ready.push(r.ms);
         node.press_power_button()?;
         node.wait_exit()?;
-        eprintln!("bench: run {}: stage 1 {} ms, stage 2 {} ms, ready {} ms", i + 1, s1[i], s2[i], r.ms);
+        eprintln!(
+            "bench: run {}: stage 1 {} ms, stage 2 {} ms, ready {} ms",
+            i + 1,
+            s1[i],
+            s2[i],
+            r.ms
+        );
     }
     let disk = TestDisk::copy_of(&img.disk, "bench-sizes")?;
     let root_part = disk.partition(part_type::ROOT_X86_64, None)?;

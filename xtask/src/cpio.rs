@@ -3,9 +3,21 @@
 
 /// One entry of the archive.
 pub enum Entry<'a> {
-    Dir { path: &'a str, mode: u32 },
-    File { path: &'a str, mode: u32, data: &'a [u8] },
-    CharDev { path: &'a str, mode: u32, major: u32, minor: u32 },
+    Dir {
+        path: &'a str,
+        mode: u32,
+    },
+    File {
+        path: &'a str,
+        mode: u32,
+        data: &'a [u8],
+    },
+    CharDev {
+        path: &'a str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 const S_IFDIR: u32 = 0o040000;
@@ -13,12 +25,20 @@ const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
 
-fn header(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, size: usize, rdev: (u32, u32), name: &str) {
+fn header(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    size: usize,
+    rdev: (u32, u32),
+    name: &str,
+) {
     let fields = [
         ino,
         mode,
@@ -55,9 +75,12 @@ pub fn archive(entries: &[Entry<'_>]) -> Vec<u8> {
                 out.extend_from_slice(data);
                 pad4(&mut out);
             }
-            Entry::CharDev { path, mode, major, minor } => {
-                header(&mut out, ino, S_IFCHR | mode, 1, 0, (*major, *minor), path)
-            }
+            Entry::CharDev {
+                path,
+                mode,
+                major,
+                minor,
+            } => header(&mut out, ino, S_IFCHR | mode, 1, 0, (*major, *minor), path),
         }
     }
     header(&mut out, 0, 0, 1, 0, (0, 0), "TRAILER!!!");
@@ -71,11 +94,23 @@ mod tests {
     #[test]
     fn cpio_tool_lists_what_we_wrote() {
         let bytes = archive(&[
-            Entry::Dir { path: "dev", mode: 0o755 },
-            Entry::CharDev { path: "dev/console", mode: 0o600, major: 5, minor: 1 },
-            Entry::File { path: "init", mode: 0o755, data: b"#!hello\n" },
+            Entry::Dir {
+                path: "dev",
+                mode: 0o755,
+            },
+            Entry::CharDev {
+                path: "dev/console",
+                mode: 0o600,
+                major: 5,
+                minor: 1,
+            },
+            Entry::File {
+                path: "init",
+                mode: 0o755,
+                data: b"#!hello\n",
+            },
         ]);
-        assert_eq!(bytes.len() % 4, 0);
+        assert!(bytes.len().is_multiple_of(4));
         let dir = std::env::temp_dir().join(format!("cpio-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("a.cpio");
@@ -89,8 +124,19 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
         let lines: Vec<&str> = listing.lines().collect();
         assert_eq!(lines.len(), 3, "{listing}");
-        assert!(lines[0].starts_with('d') && lines[0].ends_with(" dev"), "{listing}");
-        assert!(lines[1].starts_with("crw-------") && lines[1].contains("5,") && lines[1].ends_with("dev/console"), "{listing}");
-        assert!(lines[2].starts_with("-rwxr-xr-x") && lines[2].ends_with(" init"), "{listing}");
+        assert!(
+            lines[0].starts_with('d') && lines[0].ends_with(" dev"),
+            "{listing}"
+        );
+        assert!(
+            lines[1].starts_with("crw-------")
+                && lines[1].contains("5,")
+                && lines[1].ends_with("dev/console"),
+            "{listing}"
+        );
+        assert!(
+            lines[2].starts_with("-rwxr-xr-x") && lines[2].ends_with(" init"),
+            "{listing}"
+        );
     }
 }

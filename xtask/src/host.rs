@@ -69,6 +69,10 @@ pub fn ensure_backports_packages(pkgs: &[&str]) -> Result<()> {
         return Ok(());
     }
     ensure_backports_suite()?;
+    install_from_backports(pkgs)
+}
+
+fn install_from_backports(pkgs: &[&str]) -> Result<()> {
     install(pkgs, Some("bookworm-backports"))
 }
 
@@ -103,7 +107,12 @@ fn install(pkgs: &[&str], suite: Option<&str>) -> Result<()> {
         );
     }
     apt_update()?;
-    let mut args: Vec<String> = vec!["install".into(), "-y".into(), "-q".into(), "--no-install-recommends".into()];
+    let mut args: Vec<String> = vec![
+        "install".into(),
+        "-y".into(),
+        "-q".into(),
+        "--no-install-recommends".into(),
+    ];
     if let Some(suite) = suite {
         args.push("-t".into());
         args.push(suite.into());
@@ -139,12 +148,10 @@ pub fn parse_deb822(text: &str) -> Vec<AptSource> {
             }
             if line.starts_with(' ') || line.starts_with('\t') {
                 if let Some(key) = &last {
-                    fields
-                        .entry(key.clone())
-                        .and_modify(|v: &mut String| {
-                            v.push('\n');
-                            v.push_str(line.trim());
-                        });
+                    fields.entry(key.clone()).and_modify(|v: &mut String| {
+                        v.push('\n');
+                        v.push_str(line.trim());
+                    });
                 }
                 continue;
             }
@@ -172,7 +179,10 @@ pub fn parse_deb822(text: &str) -> Vec<AptSource> {
                 uri,
                 suites: words("suites"),
                 components: words("components"),
-                signed_by: fields.get("signed-by").filter(|s| !s.contains('\n')).cloned(),
+                signed_by: fields
+                    .get("signed-by")
+                    .filter(|s| !s.contains('\n'))
+                    .cloned(),
             });
         }
     }
@@ -246,10 +256,7 @@ pub fn debian_mirror(sources: &[AptSource], suite: &str) -> Option<AptSource> {
 /// The host's source for the Debian security suite of `release`, if any.
 pub fn security_mirror(sources: &[AptSource], release: &str) -> Option<AptSource> {
     let suite = format!("{release}-security");
-    sources
-        .iter()
-        .find(|s| s.suites.contains(&suite))
-        .cloned()
+    sources.iter().find(|s| s.suites.contains(&suite)).cloned()
 }
 
 /// Renders one deb822 stanza.
@@ -264,9 +271,14 @@ pub fn render_deb822(uri: &str, suites: &[&str], signed_by: Option<&str>) -> Str
     s
 }
 
-fn ensure_backports_suite() -> Result<()> {
+/// Adds bookworm-backports to apt, from the host's own bookworm mirror, unless
+/// it is configured already.
+pub fn ensure_backports_suite() -> Result<()> {
     let sources = host_sources();
-    if sources.iter().any(|s| s.suites.iter().any(|x| x == "bookworm-backports")) {
+    if sources
+        .iter()
+        .any(|s| s.suites.iter().any(|x| x == "bookworm-backports"))
+    {
         return Ok(());
     }
     let Some(mirror) = debian_mirror(&sources, "bookworm") else {
@@ -275,7 +287,11 @@ fn ensure_backports_suite() -> Result<()> {
     if !is_root() {
         bail!("bookworm-backports is not configured and we are not root to add it: add {} bookworm-backports to the apt sources", mirror.uri);
     }
-    let text = render_deb822(&mirror.uri, &["bookworm-backports"], mirror.signed_by.as_deref());
+    let text = render_deb822(
+        &mirror.uri,
+        &["bookworm-backports"],
+        mirror.signed_by.as_deref(),
+    );
     std::fs::write(BACKPORTS_SOURCES, text)
         .with_context(|| format!("cannot write {BACKPORTS_SOURCES}"))?;
     APT_UPDATED.store(false, Ordering::SeqCst);
@@ -310,7 +326,11 @@ mod tests {
 
     #[test]
     fn renders_a_stanza_that_parses_back() {
-        let text = render_deb822("http://m.example/debian", &["bookworm-backports"], Some("/k.gpg"));
+        let text = render_deb822(
+            "http://m.example/debian",
+            &["bookworm-backports"],
+            Some("/k.gpg"),
+        );
         let s = parse_deb822(&text);
         assert_eq!(s[0].suites, vec!["bookworm-backports"]);
         assert_eq!(s[0].signed_by.as_deref(), Some("/k.gpg"));

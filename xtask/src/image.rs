@@ -60,7 +60,8 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     // Stage the extra tree.
     let tree = vdir.join("tree");
     if tree.exists() {
-        std::fs::remove_dir_all(&tree).with_context(|| format!("cannot clear {}", tree.display()))?;
+        std::fs::remove_dir_all(&tree)
+            .with_context(|| format!("cannot clear {}", tree.display()))?;
     }
     let lib = tree.join("usr/lib/carapace");
     std::fs::create_dir_all(&lib)?;
@@ -86,7 +87,12 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     std::fs::copy(&kernel.bzimage, kdir.join("vmlinuz"))?;
     // With these present (and empty) mkosi does not run depmod for our
     // monolithic kernel.
-    for f in ["modules.dep", "modules.dep.bin", "modules.symbols", "modules.symbols.bin"] {
+    for f in [
+        "modules.dep",
+        "modules.dep.bin",
+        "modules.symbols",
+        "modules.symbols.bin",
+    ] {
         std::fs::write(kdir.join(f), b"")?;
     }
 
@@ -110,7 +116,10 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     for d in ["mkosi-cache", "mkosi-packages", "mkosi-workspace"] {
         std::fs::create_dir_all(build.join(d))?;
     }
-    eprintln!("image: building the {} image {version} with mkosi", variant.name());
+    eprintln!(
+        "image: building the {} image {version} with mkosi",
+        variant.name()
+    );
     let started = std::time::Instant::now();
     let log = vdir.join("mkosi.log");
     let args: Vec<std::ffi::OsString> = vec![
@@ -167,7 +176,8 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
 
 fn copy_exec(from: &Path, to: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    std::fs::copy(from, to)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
@@ -178,15 +188,46 @@ pub fn initrd_archive(init: &[u8]) -> Vec<u8> {
     use cpio::Entry;
     let release = b"NAME=\"Carapace initrd\"\nID=carapace\n";
     cpio::archive(&[
-        Entry::Dir { path: "dev", mode: 0o755 },
-        Entry::CharDev { path: "dev/console", mode: 0o600, major: 5, minor: 1 },
-        Entry::Dir { path: "etc", mode: 0o755 },
-        Entry::File { path: "etc/initrd-release", mode: 0o644, data: release },
-        Entry::Dir { path: "proc", mode: 0o755 },
-        Entry::Dir { path: "sys", mode: 0o755 },
-        Entry::Dir { path: "run", mode: 0o755 },
-        Entry::Dir { path: "sysroot", mode: 0o755 },
-        Entry::File { path: "init", mode: 0o755, data: init },
+        Entry::Dir {
+            path: "dev",
+            mode: 0o755,
+        },
+        Entry::CharDev {
+            path: "dev/console",
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+        Entry::Dir {
+            path: "etc",
+            mode: 0o755,
+        },
+        Entry::File {
+            path: "etc/initrd-release",
+            mode: 0o644,
+            data: release,
+        },
+        Entry::Dir {
+            path: "proc",
+            mode: 0o755,
+        },
+        Entry::Dir {
+            path: "sys",
+            mode: 0o755,
+        },
+        Entry::Dir {
+            path: "run",
+            mode: 0o755,
+        },
+        Entry::Dir {
+            path: "sysroot",
+            mode: 0o755,
+        },
+        Entry::File {
+            path: "init",
+            mode: 0o755,
+            data: init,
+        },
     ])
 }
 
@@ -200,7 +241,11 @@ fn write_package_manager_tree(dir: &Path) -> Result<()> {
     let mut text = host::render_deb822(&main.uri, &["bookworm"], main.signed_by.as_deref());
     if let Some(sec) = host::security_mirror(&sources, "bookworm") {
         text.push('\n');
-        text.push_str(&host::render_deb822(&sec.uri, &["bookworm-security"], sec.signed_by.as_deref()));
+        text.push_str(&host::render_deb822(
+            &sec.uri,
+            &["bookworm-security"],
+            sec.signed_by.as_deref(),
+        ));
     }
     let list = dir.join("etc/apt/sources.list.d");
     std::fs::create_dir_all(&list)?;
@@ -210,10 +255,18 @@ fn write_package_manager_tree(dir: &Path) -> Result<()> {
 
 fn hash_path(h: &mut Sha256, path: &Path) -> Result<()> {
     if path.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)?.flatten().map(|e| e.path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(path)?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         entries.sort();
         for e in entries {
-            h.update(e.strip_prefix(path).unwrap_or(&e).to_string_lossy().as_bytes());
+            h.update(
+                e.strip_prefix(path)
+                    .unwrap_or(&e)
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
             hash_path(h, &e)?;
         }
     } else {

@@ -33,7 +33,8 @@ pub struct Kernel {
 /// The pin in kernel-config/source: `key=value` lines.
 fn read_pin(root: &Path) -> Result<(String, PathBuf)> {
     let path = root.join("kernel-config/source");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let mut package = None;
     let mut tarball = None;
     for line in text.lines() {
@@ -105,7 +106,12 @@ fn run_logged(cmd: duct::Expression, log: &Path, what: &str) -> Result<()> {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(25).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!("{what} failed ({}); the end of {}:\n{}", out.status, log.display(), tail.join("\n"));
+        bail!(
+            "{what} failed ({}); the end of {}:\n{}",
+            out.status,
+            log.display(),
+            tail.join("\n")
+        );
     }
     Ok(())
 }
@@ -125,7 +131,12 @@ pub fn build(root: &Path) -> Result<Kernel> {
     h.update(fragment.as_bytes());
     h.update(std::fs::read(root.join("kernel-config/source"))?);
     h.update(pkg_version.as_bytes());
-    let key: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
 
     let base = root.join("target/kernel");
     let cache = base.join(&key);
@@ -164,14 +175,35 @@ pub fn build(root: &Path) -> Result<Kernel> {
     std::fs::create_dir_all(&out)?;
     let o = format!("O={}", out.display());
     let log = base.join("build.log");
-    let jobs = format!("-j{}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-    run_logged(duct::cmd!("make", &o, "tinyconfig").dir(&src), &log, "make tinyconfig")?;
+    let jobs = format!(
+        "-j{}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    );
     run_logged(
-        duct::cmd!(src.join("scripts/kconfig/merge_config.sh"), "-m", "-O", &out, out.join(".config"), &fragment_path).dir(&src),
+        duct::cmd!("make", &o, "tinyconfig").dir(&src),
+        &log,
+        "make tinyconfig",
+    )?;
+    run_logged(
+        duct::cmd!(
+            src.join("scripts/kconfig/merge_config.sh"),
+            "-m",
+            "-O",
+            &out,
+            out.join(".config"),
+            &fragment_path
+        )
+        .dir(&src),
         &log,
         "merge_config.sh",
     )?;
-    run_logged(duct::cmd!("make", &o, "olddefconfig").dir(&src), &log, "make olddefconfig")?;
+    run_logged(
+        duct::cmd!("make", &o, "olddefconfig").dir(&src),
+        &log,
+        "make olddefconfig",
+    )?;
     let config = std::fs::read_to_string(out.join(".config"))?;
     let missing = missing_options(&fragment, &config);
     if !missing.is_empty() {
@@ -181,10 +213,21 @@ pub fn build(root: &Path) -> Result<Kernel> {
             missing.join(", ")
         );
     }
-    let release = duct::cmd!("make", "-s", &o, "kernelrelease").dir(&src).read()?.trim().to_string();
-    eprintln!("kernel: building {release} (about 5 minutes on 2 cores; log in {})", log.display());
+    let release = duct::cmd!("make", "-s", &o, "kernelrelease")
+        .dir(&src)
+        .read()?
+        .trim()
+        .to_string();
+    eprintln!(
+        "kernel: building {release} (about 5 minutes on 2 cores; log in {})",
+        log.display()
+    );
     let started = std::time::Instant::now();
-    run_logged(duct::cmd!("make", &o, &jobs, "bzImage").dir(&src), &log, "make bzImage")?;
+    run_logged(
+        duct::cmd!("make", &o, &jobs, "bzImage").dir(&src),
+        &log,
+        "make bzImage",
+    )?;
     eprintln!("kernel: built in {:.0} s", started.elapsed().as_secs_f64());
 
     // Publish atomically: a half-written cache entry is never taken for a result.
@@ -209,24 +252,40 @@ mod tests {
 
     #[test]
     fn reports_options_the_config_dropped() {
-        let fragment = "# comment\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_MODULES is not set\nCONFIG_NR=64\n";
+        let fragment =
+            "# comment\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_MODULES is not set\nCONFIG_NR=64\n";
         let config = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_NR=64\n";
-        assert_eq!(missing_options(fragment, config), vec!["CONFIG_B=y".to_string()]);
+        assert_eq!(
+            missing_options(fragment, config),
+            vec!["CONFIG_B=y".to_string()]
+        );
         let config2 = "CONFIG_A=y\nCONFIG_B=y\nCONFIG_MODULES=y\nCONFIG_NR=32\n";
         assert_eq!(
             missing_options(fragment, config2),
-            vec!["CONFIG_MODULES (should be unset)".to_string(), "CONFIG_NR=64".to_string()]
+            vec![
+                "CONFIG_MODULES (should be unset)".to_string(),
+                "CONFIG_NR=64".to_string()
+            ]
         );
     }
 
     #[test]
     fn the_checked_in_fragment_is_monolithic_and_has_verity() {
-        let text = std::fs::read_to_string(crate::workspace_root().join("kernel-config/carapace.config"))
-            .expect("fragment readable");
+        let text =
+            std::fs::read_to_string(crate::workspace_root().join("kernel-config/carapace.config"))
+                .expect("fragment readable");
         let opts = fragment_options(&text);
         assert!(opts.contains(&("CONFIG_MODULES".to_string(), None)));
-        for needed in ["CONFIG_DM_VERITY", "CONFIG_EROFS_FS", "CONFIG_EFI_STUB", "CONFIG_VIRTIO_BLK"] {
-            assert!(opts.contains(&(needed.to_string(), Some("y".to_string()))), "{needed}");
+        for needed in [
+            "CONFIG_DM_VERITY",
+            "CONFIG_EROFS_FS",
+            "CONFIG_EFI_STUB",
+            "CONFIG_VIRTIO_BLK",
+        ] {
+            assert!(
+                opts.contains(&(needed.to_string(), Some("y".to_string()))),
+                "{needed}"
+            );
         }
     }
 }

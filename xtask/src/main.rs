@@ -53,6 +53,7 @@ fn real_main() -> Result<()> {
     };
     match args.first().map(String::as_str) {
         Some("deps") => {
+            host::ensure_backports_suite()?;
             host::ensure_backports_packages(host::IMAGE_TOOLS)?;
             host::ensure_packages(kernel::HOST_PACKAGES)?;
         }

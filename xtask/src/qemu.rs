@@ -8,7 +8,8 @@ use std::path::Path;
 pub fn run_interactive(_root: &Path, image: &Image) -> Result<()> {
     let vars = image.out_dir.join("OVMF_VARS.fd");
     if !vars.exists() {
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).context("cannot copy the OVMF variables (package ovmf)")?;
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+            .context("cannot copy the OVMF variables (package ovmf)")?;
     }
     let mut cmd = qemu_tests::qemu_command(&image.disk, &vars, None);
     // The harness uses -serial stdio and -no-reboot; interactively we want the
@@ -32,7 +33,10 @@ pub fn run_interactive(_root: &Path, image: &Image) -> Result<()> {
         }
         i += 1;
     }
-    eprintln!("run: booting {} (quit with ctrl-a x; the node powers off on ctrl-a c, system_powerdown)", image.disk.display());
+    eprintln!(
+        "run: booting {} (quit with ctrl-a x; the node powers off on ctrl-a c, system_powerdown)",
+        image.disk.display()
+    );
     cmd = std::process::Command::new(cmd.get_program());
     cmd.args(&out);
     let status = cmd.status().context("cannot start qemu-system-x86_64")?;

@@ -18,8 +18,7 @@ fn root_mount() -> Result<String, String> {
     // Fields: id parent major:minor root mountpoint options ... - fstype source superopts
     let line = text
         .lines()
-        .filter(|l| l.split_whitespace().nth(4) == Some("/"))
-        .last()
+        .rfind(|l| l.split_whitespace().nth(4) == Some("/"))
         .ok_or("no mount on /")?;
     let (left, right) = line.split_once(" - ").ok_or("malformed mountinfo")?;
     let opts = left.split_whitespace().nth(5).unwrap_or("?");
@@ -47,10 +46,13 @@ fn var_boots() -> Result<u64, String> {
         + 1;
     let tmp = format!("{path}.tmp");
     let mut f = std::fs::File::create(&tmp).map_err(|e| format!("create {tmp}: {e}"))?;
-    f.write_all(format!("{n}\n").as_bytes()).map_err(|e| e.to_string())?;
+    f.write_all(format!("{n}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
     f.sync_all().map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, &path).map_err(|e| format!("rename: {e}"))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| e.to_string())?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| e.to_string())?;
     Ok(n)
 }
 
@@ -77,7 +79,9 @@ fn make_orphan() -> Result<i32, String> {
     }
     let mut text = String::new();
     use std::io::Read;
-    std::fs::File::from(r).read_to_string(&mut text).map_err(|e| e.to_string())?;
+    std::fs::File::from(r)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
     text.trim().parse().map_err(|_| format!("bad pid {text:?}"))
 }
 
