@@ -12,6 +12,7 @@ mod host;
 mod image;
 mod kernel;
 mod qemu;
+mod tidy;
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};

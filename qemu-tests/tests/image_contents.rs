@@ -1,0 +1,67 @@
+//! What the root filesystem of the image holds, read on the host without
+//! booting: only our binaries, the manifest, os-release and mount points — no
+//! shell, no package manager, no perl, no dynamic loader.
+
+use qemu_tests::{part_type, TestDisk};
+use std::process::Command;
+
+#[test]
+fn the_root_holds_only_what_the_node_runs() -> anyhow::Result<()> {
+    let disk = TestDisk::fresh("contents")?;
+    let root = disk.partition(part_type::ROOT_X86_64, None)?;
+    let fs = disk.dir.join("root.erofs");
+    disk.extract(&root, &fs)?;
+    let tree = disk.dir.join("root");
+    let out = Command::new("fsck.erofs")
+        .arg(format!("--extract={}", tree.display()))
+        .arg(&fs)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "fsck.erofs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut files = Vec::new();
+    let mut stack = vec![tree.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() && !path.is_symlink() {
+                stack.push(path);
+            } else {
+                files.push(path.strip_prefix(&tree)?.to_string_lossy().into_owned());
+            }
+        }
+    }
+    files.sort();
+    for forbidden in [
+        "bin/sh",
+        "usr/bin/sh",
+        "usr/bin/bash",
+        "usr/bin/dpkg",
+        "usr/bin/apt",
+        "usr/bin/perl",
+        "usr/lib64/ld-linux-x86-64.so.2",
+    ] {
+        assert!(
+            !files.iter().any(|f| f == forbidden),
+            "{forbidden} must not be in the root: {files:?}"
+        );
+    }
+    assert!(
+        files.iter().all(|f| f.starts_with("usr/lib/carapace/")
+            || f == "usr/lib/os-release"
+            || f == "etc/os-release"),
+        "only our files and os-release: {files:?}"
+    );
+    assert!(files.iter().any(|f| f == "usr/lib/carapace/carapace-init"));
+    assert!(files.iter().any(|f| f == "usr/lib/carapace/services.toml"));
+    for mount_point in ["proc", "sys", "dev", "run", "tmp", "var"] {
+        assert!(
+            tree.join(mount_point).is_dir(),
+            "mount point /{mount_point} exists"
+        );
+    }
+    Ok(())
+}
