@@ -83,13 +83,20 @@ pub fn find_devices(class_dir: &Path) -> Vec<PathBuf> {
 /// done by threads. Reports on the console if no button ever shows up.
 pub fn watch(pressed: impl Fn() + Send + Sync + 'static) {
     let pressed: Arc<dyn Fn() + Send + Sync> = Arc::new(pressed);
+    // The buttons that exist now are opened before this returns, so a press
+    // right after `ready` is not lost; later scans catch late devices.
+    let mut watched = BTreeSet::new();
+    for device in find_devices(Path::new("/sys/class/input")) {
+        if watched.insert(device.clone()) {
+            read_device(device, Arc::clone(&pressed));
+        }
+    }
     let spawned = std::thread::Builder::new()
         .name("power-scan".into())
         .stack_size(64 * 1024)
         .spawn(move || {
             let start = Instant::now();
-            let mut watched = BTreeSet::new();
-            for at in SCAN_AT {
+            for at in SCAN_AT.iter().filter(|at| !at.is_zero()) {
                 std::thread::sleep(at.saturating_sub(start.elapsed()));
                 for device in find_devices(Path::new("/sys/class/input")) {
                     if watched.insert(device.clone()) {
@@ -106,26 +113,28 @@ pub fn watch(pressed: impl Fn() + Send + Sync + 'static) {
     }
 }
 
-/// Reads one event device on a thread of its own until it fails.
+/// Opens one event device here and now, then reads it on a thread of its own
+/// until it fails.
 fn read_device(device: PathBuf, pressed: Arc<dyn Fn() + Send + Sync>) {
+    let mut file = match std::fs::File::open(&device) {
+        Ok(file) => file,
+        Err(e) => {
+            crate::console::say(&format!(
+                "cannot open power button {}: {e}",
+                device.display()
+            ));
+            return;
+        }
+    };
+    let name = device.display().to_string();
     let spawned = std::thread::Builder::new()
         .name("power-button".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut file = match std::fs::File::open(&device) {
-                Ok(file) => file,
-                Err(e) => {
-                    crate::console::say(&format!(
-                        "cannot open power button {}: {e}",
-                        device.display()
-                    ));
-                    return;
-                }
-            };
             let mut record = [0u8; EVENT_SIZE];
             loop {
                 if let Err(e) = file.read_exact(&mut record) {
-                    crate::console::say(&format!("power button {}: {e}", device.display()));
+                    crate::console::say(&format!("power button {name}: {e}"));
                     return;
                 }
                 if InputEvent::parse(&record).is_power_press() {

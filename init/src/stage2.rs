@@ -10,8 +10,15 @@
 //! Only a tokio runtime that cannot be built at all powers the machine off.
 //!
 //! Console lines, in order:
-//! - `carapace: stage 2 at <ms> ms`
-//! - `carapace: ready version=<IMAGE_VERSION> roothash=<hex> at <ms> ms`
+//! - `carapace: stage 2 at <ms> ms` (the first line of stage 2)
+//! - only on trouble: `carapace: cannot mount <fstype> on <target>: <error>`,
+//!   `carapace: <target> is already mounted: leaving it`,
+//!   `carapace: cannot set the hostname <name>: <error>`,
+//!   `carapace: cannot bring up lo: <error>`,
+//!   `carapace: cannot read /usr/lib/carapace/services.toml: <error>: starting no services`,
+//!   `carapace: /usr/lib/carapace/services.toml: <error>: starting no services`
+//! - `carapace: ready version=<version> roothash=<hex> at <ms> ms`, once, when
+//!   every service has been spawned
 //!
 //! # Power requests
 //!
@@ -29,7 +36,7 @@
 //! request wins; later ones are ignored while the shutdown runs.
 
 use crate::console::say;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestError};
 use crate::power::PowerAction;
 use crate::supervisor::{Event, PowerRequest, Supervisor};
 use rustix::io::Errno;
@@ -297,7 +304,13 @@ pub fn run() -> ! {
         say(&format!("cannot take over ctrl-alt-del: {e}"));
     }
     let manifest = Manifest::read(crate::MANIFEST_PATH).unwrap_or_else(|e| {
-        say(&format!("bad service manifest: {e}: starting no services"));
+        match e {
+            ManifestError::Read { .. } => say(&format!("{e}: starting no services")),
+            _ => say(&format!(
+                "{}: {e}: starting no services",
+                crate::MANIFEST_PATH
+            )),
+        }
         Manifest::default()
     });
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -1,10 +1,32 @@
-//! Guest-side probe of the test image: reports, one `checker: …` line each,
-//! what the host cannot see from outside the node — how / is mounted, whether
-//! it can be written, a boot counter kept on /var, and whether PID 1 reaps an
-//! orphaned grandchild. Ends with `checker: done`.
+//! Guest-side probe of the test image (a service with `restart = "never"`):
+//! it reports from inside the node what the host cannot see, one console
+//! line each, all starting `checker: `:
+//!
+//! - `checker: root <source> <fstype> <mount options>` — how / is mounted
+//!   (expected: a /dev/dm-* or /dev/mapper device, erofs, ro);
+//! - `checker: write to / failed: EROFS (…)` — or `write to / SUCCEEDED`;
+//! - `checker: var boots=<n>` — a counter on /var, one more on every boot;
+//! - `checker: orphan <pid> reaped` — or `is a zombie`: a grandchild whose
+//!   parent exited is reparented to PID 1, which must collect it;
+//! - `checker: zombies=<n>` — zombies that stay zombies for half a second;
+//! - `checker: done`, then exit status 0.
+//!
+//! Failures of the probe itself read `checker: error <what>: <why>`. Only std
+//! and rustix; no panics.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// The argument that makes the probe the middle generation of the orphan test.
+const AS_PARENT: &str = "--orphan-parent";
+/// The argument that makes the probe the orphaned grandchild.
+const AS_ORPHAN: &str = "--orphan";
+/// How long the orphan lives after its parent left.
+const ORPHAN_LIFE: Duration = Duration::from_millis(300);
+/// How long PID 1 gets to reap it.
+const REAP_WAIT: Duration = Duration::from_millis(1500);
+const COUNTER_DIR: &str = "/var/lib/carapace-test";
 
 fn say(msg: &str) {
     let mut out = std::io::stdout().lock();
@@ -12,141 +34,230 @@ fn say(msg: &str) {
     let _ = out.flush();
 }
 
-/// The mount source, type and options of `/` from /proc/self/mountinfo.
+/// The source, filesystem type and mount options of the topmost mount on /
+/// in /proc/self/mountinfo (`id parent dev root mountpoint options … - fstype source super`).
 fn root_mount() -> Result<String, String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    // Fields: id parent major:minor root mountpoint options ... - fstype source superopts
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
     let line = text
         .lines()
-        .rfind(|l| l.split_whitespace().nth(4) == Some("/"))
-        .ok_or("no mount on /")?;
-    let (left, right) = line.split_once(" - ").ok_or("malformed mountinfo")?;
-    let opts = left.split_whitespace().nth(5).unwrap_or("?");
-    let mut r = right.split_whitespace();
-    let fstype = r.next().unwrap_or("?");
-    let source = r.next().unwrap_or("?");
-    Ok(format!("{source} {fstype} {opts}"))
+        .rfind(|l| l.split(' ').nth(4) == Some("/"))
+        .ok_or("no mount on / in /proc/self/mountinfo")?;
+    let (mount, fs) = line
+        .split_once(" - ")
+        .ok_or_else(|| format!("no separator in mountinfo line {line:?}"))?;
+    let options = mount.split(' ').nth(5).ok_or("no mount options")?;
+    let mut fs = fs.split(' ');
+    let fstype = fs.next().ok_or("no filesystem type")?;
+    let source = fs.next().ok_or("no mount source")?;
+    Ok(format!("{source} {fstype} {options}"))
 }
 
-fn write_root() -> String {
-    match std::fs::File::create("/checker-was-here") {
-        Ok(_) => "write to / SUCCEEDED".into(),
-        Err(e) => format!("write to / failed: {e}"),
+/// The symbolic name of the error numbers a write to / may plausibly give.
+fn errno_name(e: rustix::io::Errno) -> &'static str {
+    use rustix::io::Errno;
+    [
+        (Errno::ROFS, "EROFS"),
+        (Errno::ACCESS, "EACCES"),
+        (Errno::PERM, "EPERM"),
+        (Errno::EXIST, "EEXIST"),
+        (Errno::NOSPC, "ENOSPC"),
+        (Errno::IO, "EIO"),
+    ]
+    .iter()
+    .find(|(errno, _)| *errno == e)
+    .map_or("error", |(_, name)| name)
+}
+
+/// Tries to create a file in /, which must fail on the read-only root.
+fn write_to_root() -> String {
+    use rustix::fs::{Mode, OFlags};
+    let path = "/carapace-checker-was-here";
+    match rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    ) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+            "write to / SUCCEEDED".to_string()
+        }
+        Err(e) => format!(
+            "write to / failed: {} ({})",
+            errno_name(e),
+            std::io::Error::from(e)
+        ),
     }
 }
 
-fn var_boots() -> Result<u64, String> {
-    let dir = "/var/lib/carapace-test";
-    std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
-    let path = format!("{dir}/boots");
-    let n: u64 = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-        + 1;
-    let tmp = format!("{path}.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("create {tmp}: {e}"))?;
-    f.write_all(format!("{n}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    f.sync_all().map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("rename: {e}"))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| e.to_string())?;
-    Ok(n)
+/// Reads the boot counter on /var (missing counts as 0), adds one and
+/// writes it back durably: a temporary file, fsync, rename, fsync the directory.
+fn count_boot() -> Result<u64, String> {
+    std::fs::create_dir_all(COUNTER_DIR).map_err(|e| format!("creating {COUNTER_DIR}: {e}"))?;
+    let path = format!("{COUNTER_DIR}/boots");
+    let previous = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{path} holds {text:?}: {e}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(format!("reading {path}: {e}")),
+    };
+    let boots = previous + 1;
+    let temporary = format!("{path}.new");
+    let mut file =
+        std::fs::File::create(&temporary).map_err(|e| format!("creating {temporary}: {e}"))?;
+    file.write_all(format!("{boots}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("writing {temporary}: {e}"))?;
+    std::fs::rename(&temporary, &path)
+        .map_err(|e| format!("renaming {temporary} to {path}: {e}"))?;
+    std::fs::File::open(COUNTER_DIR)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| format!("syncing {COUNTER_DIR}: {e}"))?;
+    Ok(boots)
 }
 
-fn proc_state(pid: i32) -> Option<char> {
+/// The state letter and command name of a process, from /proc/<pid>/stat
+/// (`pid (comm) state …`; comm may hold spaces and parentheses).
+fn process_state(pid: i32) -> Option<(char, String)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().next()?.chars().next()
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let state = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()?;
+    Some((state, comm))
 }
 
-/// Forks a child that forks a grandchild and exits at once: the grandchild is
-/// reparented to PID 1 and exits a little later. Returns the grandchild's pid.
+/// Starts a child that starts the orphan and exits at once, reaps that
+/// child, and returns the orphan's pid (which the child sends through a pipe).
 fn make_orphan() -> Result<i32, String> {
-    // The child reports the grandchild's pid through a pipe.
-    let (r, w) = rustix::pipe::pipe().map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = std::process::Command::new(exe)
-        .arg("--fork-grandchild")
-        .stdout(std::process::Stdio::from(w))
+    let exe = std::env::current_exe().map_err(|e| format!("finding myself: {e}"))?;
+    let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("making a pipe: {e}"))?;
+    let mut parent = Command::new(&exe)
+        .arg(AS_PARENT)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
         .spawn()
-        .map_err(|e| e.to_string())?;
-    let status = child.wait().map_err(|e| e.to_string())?;
+        .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+    let status = parent
+        .wait()
+        .map_err(|e| format!("waiting for the orphan's parent: {e}"))?;
     if !status.success() {
-        return Err(format!("child failed: {status}"));
+        return Err(format!("the orphan's parent failed: {status}"));
     }
     let mut text = String::new();
-    use std::io::Read;
-    std::fs::File::from(r)
+    std::fs::File::from(reader)
         .read_to_string(&mut text)
-        .map_err(|e| e.to_string())?;
-    text.trim().parse().map_err(|_| format!("bad pid {text:?}"))
+        .map_err(|e| format!("reading the orphan's pid: {e}"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| format!("the orphan's parent sent {text:?}, not a pid"))
 }
 
+/// The middle generation: starts the orphan, tells its pid, and leaves.
+fn orphan_parent() -> i32 {
+    let Ok(exe) = std::env::current_exe() else {
+        return 1;
+    };
+    match Command::new(exe)
+        .arg(AS_ORPHAN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(orphan) => {
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{}", orphan.id())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                return 1;
+            }
+            // Exit without waiting: the orphan is reparented to PID 1.
+            0
+        }
+        Err(_) => 1,
+    }
+}
+
+/// What became of the orphan after PID 1 had time to reap it.
+fn orphan_report(pid: i32) -> String {
+    let ours = |comm: &str| "carapace-test-checker".starts_with(comm);
+    match process_state(pid) {
+        Some(('Z', comm)) if ours(&comm) => format!("orphan {pid} is a zombie"),
+        Some((state, comm)) if ours(&comm) => format!("orphan {pid} still running (state {state})"),
+        // Gone, or the pid already belongs to someone else.
+        _ => format!("orphan {pid} reaped"),
+    }
+}
+
+/// The pids of all zombies now.
 fn zombies() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|&pid| proc_state(pid) == Some('Z'))
-                .collect()
-        })
-        .unwrap_or_default()
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| process_state(pid).is_some_and(|(state, _)| state == 'Z'))
+        .collect()
 }
 
-/// Zombies that stay zombies for half a second: a process that just ended
-/// (a crashing service, say) is a zombie for an instant before PID 1 reaps it.
-fn lasting_zombies() -> usize {
+/// Zombies that are still zombies half a second later: a service that just
+/// ended (the crasher, say) is a zombie for an instant before PID 1 reaps it.
+fn lasting_zombies() -> Vec<i32> {
     let first = zombies();
     std::thread::sleep(Duration::from_millis(500));
     let second = zombies();
-    first.iter().filter(|p| second.contains(p)).count()
+    first
+        .into_iter()
+        .filter(|pid| second.contains(pid))
+        .collect()
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--fork-grandchild") {
-        // The middle generation: start the grandchild, print its pid, exit.
-        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-        match std::process::Command::new(exe)
-            .arg("--grandchild")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-        {
-            Ok(gc) => {
-                println!("{}", gc.id());
-                std::process::exit(0);
-            }
-            Err(_) => std::process::exit(1),
+    match std::env::args().nth(1).as_deref() {
+        Some(AS_PARENT) => std::process::exit(orphan_parent()),
+        Some(AS_ORPHAN) => {
+            std::thread::sleep(ORPHAN_LIFE);
+            std::process::exit(0);
         }
-    }
-    if args.get(1).map(String::as_str) == Some("--grandchild") {
-        std::thread::sleep(Duration::from_millis(300));
-        std::process::exit(0);
+        _ => {}
     }
 
     match root_mount() {
-        Ok(m) => say(&format!("root {m}")),
+        Ok(mount) => say(&format!("root {mount}")),
         Err(e) => say(&format!("error reading the root mount: {e}")),
     }
-    say(&write_root());
-    match var_boots() {
-        Ok(n) => say(&format!("var boots={n}")),
-        Err(e) => say(&format!("error keeping the boot count on /var: {e}")),
+    say(&write_to_root());
+    match count_boot() {
+        Ok(boots) => say(&format!("var boots={boots}")),
+        Err(e) => say(&format!("error counting boots on /var: {e}")),
     }
     match make_orphan() {
         Ok(pid) => {
-            std::thread::sleep(Duration::from_millis(1500));
-            match proc_state(pid) {
-                None => say(&format!("orphan {pid} reaped")),
-                Some('Z') => say(&format!("orphan {pid} is a zombie")),
-                Some(s) => say(&format!("orphan {pid} still running (state {s})")),
-            }
+            std::thread::sleep(REAP_WAIT);
+            say(&orphan_report(pid));
         }
         Err(e) => say(&format!("error making an orphan: {e}")),
     }
-    say(&format!("zombies={}", lasting_zombies()));
+    let zombies = lasting_zombies();
+    if zombies.is_empty() {
+        say("zombies=0");
+    } else {
+        let pids: Vec<String> = zombies.iter().map(i32::to_string).collect();
+        say(&format!(
+            "zombies={} (pids {})",
+            zombies.len(),
+            pids.join(" ")
+        ));
+    }
     say("done");
 }
