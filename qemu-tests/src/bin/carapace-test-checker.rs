@@ -9,7 +9,9 @@
 //! - `checker: orphan <pid> reaped` — or `is a zombie`: a grandchild whose
 //!   parent exited is reparented to PID 1, which must collect it;
 //! - `checker: zombies=<n>` — zombies that stay zombies for half a second;
-//! - `checker: done`, then exit status 0.
+//! - `checker: done`, then exit status 0;
+//! - on the second boot of a disk only: `checker: asking PID 1 to reboot`, and
+//!   SIGTERM to PID 1, the way any service requests a reboot.
 //!
 //! Failures of the probe itself read `checker: error <what>: <why>`. Only std
 //! and rustix; no panics.
@@ -237,10 +239,16 @@ fn main() {
         Err(e) => say(&format!("error reading the root mount: {e}")),
     }
     say(&write_to_root());
-    match count_boot() {
-        Ok(boots) => say(&format!("var boots={boots}")),
-        Err(e) => say(&format!("error counting boots on /var: {e}")),
-    }
+    let boots = match count_boot() {
+        Ok(boots) => {
+            say(&format!("var boots={boots}"));
+            boots
+        }
+        Err(e) => {
+            say(&format!("error counting boots on /var: {e}"));
+            0
+        }
+    };
     match make_orphan() {
         Ok(pid) => {
             std::thread::sleep(REAP_WAIT);
@@ -260,4 +268,13 @@ fn main() {
         ));
     }
     say("done");
+    if boots == 2 {
+        // A service asks for a reboot the documented way: SIGTERM to PID 1.
+        say("asking PID 1 to reboot");
+        if let Some(init) = rustix::process::Pid::from_raw(1) {
+            if let Err(e) = rustix::process::kill_process(init, rustix::process::Signal::TERM) {
+                say(&format!("error signalling PID 1: {e}"));
+            }
+        }
+    }
 }
