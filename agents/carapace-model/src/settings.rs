@@ -1,0 +1,444 @@
+//! The settings tree and its types. Every leaf type validates itself when it
+//! is deserialized, and `Settings::from_value` adds the checks that span
+//! fields, so a `Settings` that exists is valid.
+//!
+//! ```json
+//! { "hostname": "node-1",
+//!   "network": { "dhcp": false, "addresses": ["10.0.2.15/24"],
+//!                "routes": [{ "to": "0.0.0.0/0", "via": "10.0.2.2" }], "dns": ["10.0.2.3"] },
+//!   "ntp": { "servers": ["time.example.org"] },
+//!   "sysctl": { "net.ipv4.ip_forward": "1" },
+//!   "api": { "token_sha256": "…" },
+//!   "updates": { "source": "https://updates.example.org/carapace/" } }
+//! ```
+
+use crate::error::SettingsError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// The whole settings tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub hostname: Hostname,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub ntp: Ntp,
+    /// Kernel sysctls from the allow list in [`crate::sysctl`].
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, String>,
+    #[serde(default)]
+    pub api: Api,
+    #[serde(default)]
+    pub updates: Updates,
+}
+
+/// The parts of the tree that are applied separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Area {
+    Hostname,
+    Network,
+    Ntp,
+    Sysctl,
+    Api,
+    Updates,
+}
+
+impl Settings {
+    /// Builds settings from a JSON value, refusing any bad field with its path.
+    pub fn from_value(value: serde_json::Value) -> Result<Settings, SettingsError> {
+        let settings: Settings = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            SettingsError::new(path, e.into_inner().to_string())
+        })?;
+        settings.check_across_fields()?;
+        Ok(settings)
+    }
+
+    fn check_across_fields(&self) -> Result<(), SettingsError> {
+        if !self.network.dhcp && self.network.addresses.is_empty() {
+            return Err(SettingsError::new(
+                "network.addresses",
+                "static networking (dhcp = false) needs at least one address",
+            ));
+        }
+        if self.network.dns.len() > 3 {
+            return Err(SettingsError::new("network.dns", "at most 3 DNS servers"));
+        }
+        for (key, value) in &self.sysctl {
+            crate::sysctl::check(key, value)
+                .map_err(|m| SettingsError::new(format!("sysctl.{key}"), m))?;
+        }
+        Ok(())
+    }
+
+    /// The tree as JSON.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// One subtree by a dotted path (`network.dns`), or None if there is no such field.
+    pub fn get(&self, path: &str) -> Option<serde_json::Value> {
+        let mut v = self.to_value();
+        if path.is_empty() {
+            return Some(v);
+        }
+        for part in path.split('.') {
+            v = v.get_mut(part)?.take();
+        }
+        Some(v)
+    }
+
+    /// Which areas differ between `self` and `new`: what a commit must re-apply.
+    pub fn changed_areas(&self, new: &Settings) -> Vec<Area> {
+        let mut out = Vec::new();
+        if self.hostname != new.hostname {
+            out.push(Area::Hostname);
+        }
+        if self.network != new.network {
+            out.push(Area::Network);
+        }
+        if self.ntp != new.ntp {
+            out.push(Area::Ntp);
+        }
+        if self.sysctl != new.sysctl {
+            out.push(Area::Sysctl);
+        }
+        if self.api != new.api {
+            out.push(Area::Api);
+        }
+        if self.updates != new.updates {
+            out.push(Area::Updates);
+        }
+        out
+    }
+}
+
+macro_rules! string_type {
+    ($name:ident, $check:path) => {
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                $check(&s)?;
+                Ok($name(s))
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+/// A host name: 1 to 63 characters of a-z, 0-9, `-` and `.`, labels not
+/// starting or ending with `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Hostname(String);
+
+fn check_hostname(s: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&s.len())
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a host name (1-63 characters of a-z, 0-9, '-' and '.')"
+        ))
+    }
+}
+string_type!(Hostname, check_hostname);
+
+impl Default for Hostname {
+    fn default() -> Self {
+        Hostname("carapace".into())
+    }
+}
+
+/// An address with its prefix length, `10.0.2.15/24` or `fd00::1/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an address with a prefix length, like 10.0.2.15/24");
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(format!("{s:?}: prefix length {prefix} exceeds {max}"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        format!("{}/{}", c.addr, c.prefix)
+    }
+}
+
+/// A static route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub to: Cidr,
+    pub via: IpAddr,
+}
+
+/// Networking: DHCP (the default) or static addresses; DNS servers given here
+/// override those DHCP offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    #[serde(default = "yes")]
+    pub dhcp: bool,
+    #[serde(default)]
+    pub addresses: Vec<Cidr>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub dns: Vec<IpAddr>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            dhcp: true,
+            addresses: Vec::new(),
+            routes: Vec::new(),
+            dns: Vec::new(),
+        }
+    }
+}
+
+/// An NTP server: a host name or an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NtpServer(String);
+
+fn check_ntp_server(s: &str) -> Result<(), String> {
+    if s.parse::<IpAddr>().is_ok() || check_hostname(s).is_ok() {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is neither an IP address nor a host name"))
+    }
+}
+string_type!(NtpServer, check_ntp_server);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Ntp {
+    #[serde(default)]
+    pub servers: Vec<NtpServer>,
+}
+
+/// The SHA-256 of the API token, lowercase hex. The token itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TokenHash(String);
+
+fn check_token_hash(s: &str) -> Result<(), String> {
+    if s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err("not a SHA-256 in lowercase hex".to_string())
+    }
+}
+string_type!(TokenHash, check_token_hash);
+
+/// Checks a token as a user gives it: 16 to 256 printable ASCII characters, no spaces.
+pub fn check_token(token: &str) -> Result<(), String> {
+    if (16..=256).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err("a token must be 16 to 256 printable ASCII characters without spaces".into())
+    }
+}
+
+impl TokenHash {
+    /// The hash of a token.
+    pub fn of(token: &str) -> TokenHash {
+        TokenHash(
+            Sha256::digest(token.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
+    /// Whether `token` hashes to this, compared in constant time.
+    pub fn matches(&self, token: &str) -> bool {
+        let other = TokenHash::of(token);
+        self.0
+            .bytes()
+            .zip(other.0.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    /// None: remote access is refused until a token is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<TokenHash>,
+}
+
+/// Where updates come from: an http(s) URL of a directory with an index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UpdateSource(String);
+
+fn check_update_source(s: &str) -> Result<(), String> {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    match rest {
+        Some(r)
+            if !r.is_empty()
+                && s.len() <= 2048
+                && !s.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!("{s:?} is not an http:// or https:// URL")),
+    }
+}
+string_type!(UpdateSource, check_update_source);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Updates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<UpdateSource>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(v: serde_json::Value) -> SettingsError {
+        Settings::from_value(v).expect_err("must be refused")
+    }
+
+    #[test]
+    fn empty_document_gives_the_defaults() {
+        let s = Settings::from_value(json!({})).expect("valid");
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.hostname.as_str(), "carapace");
+        assert!(s.network.dhcp);
+    }
+
+    #[test]
+    fn a_full_document_round_trips() {
+        let v = json!({
+            "hostname": "node-1",
+            "network": { "dhcp": false, "addresses": ["10.0.2.15/24", "fd00::2/64"],
+                         "routes": [{ "to": "0.0.0.0/0", "via": "10.0.2.2" }], "dns": ["10.0.2.3"] },
+            "ntp": { "servers": ["time.example.org", "192.0.2.1"] },
+            "sysctl": { "net.ipv4.ip_forward": "1" },
+            "api": { "token_sha256": TokenHash::of("0123456789abcdef").as_str() },
+            "updates": { "source": "https://updates.example.org/carapace/" }
+        });
+        let s = Settings::from_value(v.clone()).expect("valid");
+        assert_eq!(s.to_value(), v);
+        assert_eq!(s.get("network.dns"), Some(json!(["10.0.2.3"])));
+        assert_eq!(s.get("network.nope"), None);
+    }
+
+    #[test]
+    fn bad_fields_are_refused_with_their_path() {
+        let e = err(json!({ "hostname": "Bad_Name" }));
+        assert_eq!(e.path, "hostname");
+        let e = err(json!({ "network": { "addresses": ["10.0.2.15/24", "10.0.2.16/33"] } }));
+        assert_eq!(e.path, "network.addresses[1]");
+        assert!(e.message.contains("exceeds 32"), "{e}");
+        let e = err(json!({ "network": { "dhcp": "yes" } }));
+        assert_eq!(e.path, "network.dhcp");
+        let e = err(json!({ "ntp": { "servers": ["not a host"] } }));
+        assert_eq!(e.path, "ntp.servers[0]");
+        let e = err(json!({ "updates": { "source": "ftp://x" } }));
+        assert_eq!(e.path, "updates.source");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let e = err(json!({ "hostnmae": "x" }));
+        assert!(e.message.contains("hostnmae"), "{e}");
+        let e = err(json!({ "network": { "dhpc": true } }));
+        assert_eq!(e.path, "network.dhpc");
+        assert!(e.message.contains("dhpc"), "{e}");
+    }
+
+    #[test]
+    fn checks_across_fields() {
+        let e = err(json!({ "network": { "dhcp": false } }));
+        assert_eq!(e.path, "network.addresses");
+        let e = err(json!({ "network": { "dns": ["1.1.1.1", "1.0.0.1", "8.8.8.8", "8.8.4.4"] } }));
+        assert_eq!(e.path, "network.dns");
+        let e = err(json!({ "sysctl": { "kernel.modules_disabled": "0" } }));
+        assert_eq!(e.path, "sysctl.kernel.modules_disabled");
+        let e = err(json!({ "sysctl": { "vm.swappiness": "101" } }));
+        assert_eq!(e.path, "sysctl.vm.swappiness");
+    }
+
+    #[test]
+    fn tokens_are_kept_as_hashes_and_compared() {
+        let h = TokenHash::of("correct horse battery staple".replace(' ', "-").as_str());
+        assert!(h.matches("correct-horse-battery-staple"));
+        assert!(!h.matches("correct-horse-battery-stapl"));
+        assert!(check_token("short").is_err());
+        assert!(check_token("has a space in it!!").is_err());
+        assert!(check_token("0123456789abcdef").is_ok());
+    }
+
+    #[test]
+    fn changed_areas_name_what_differs() {
+        let a = Settings::default();
+        let mut b = a.clone();
+        assert!(a.changed_areas(&b).is_empty());
+        b.hostname = Hostname::try_from("node-2".to_string()).expect("valid");
+        b.sysctl.insert("vm.swappiness".into(), "10".into());
+        assert_eq!(a.changed_areas(&b), vec![Area::Hostname, Area::Sysctl]);
+    }
+}
