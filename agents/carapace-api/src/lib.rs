@@ -1,0 +1,24 @@
+//! carapace-api: the node's HTTP API for settings, as a library the
+//! `carapace-api` daemon serves. It parses and validates requests and hands
+//! them to the settings store; it never touches the kernel itself — applying
+//! a committed change is the job of an [`Applier`].
+//!
+//! Endpoints (versioned under `/v1`, JSON bodies, documented in
+//! `openapi.json`, served at `/v1/openapi.json`):
+//! - `GET /v1/settings` — the committed settings; `GET /v1/settings/{path}` a subtree
+//! - `PATCH /v1/settings` — stage a JSON merge patch (400 with the field's path if refused)
+//! - `GET /v1/settings/pending`, `DELETE /v1/settings/pending`
+//! - `POST /v1/settings/commit` — apply and persist the whole transaction, or nothing
+//!
+//! Remote callers (`Access::Remote`) must send `Authorization: Bearer <token>`
+//! matching the committed token hash; local callers on the root-only Unix
+//! socket need none.
+
+pub mod apply;
+pub mod routes;
+
+pub use apply::{Applier, NodeApplier};
+pub use routes::{router, Access, AppState};
+
+/// The OpenAPI document of the API.
+pub const OPENAPI: &str = include_str!("openapi.json");

@@ -1,0 +1,198 @@
+//! The HTTP routes and their handlers.
+
+use crate::apply::Applier;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use carapace_model::store::CommitError;
+use carapace_model::{persist, SettingsError, Store};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// Every route, as `METHOD path`: the OpenAPI document must list exactly these.
+pub const ROUTES: &[&str] = &[
+    "GET /v1/settings",
+    "PATCH /v1/settings",
+    "GET /v1/settings/{path}",
+    "GET /v1/settings/pending",
+    "DELETE /v1/settings/pending",
+    "POST /v1/settings/commit",
+    "GET /v1/openapi.json",
+];
+
+/// Who is calling: the root-only Unix socket, or the network (token required).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Local,
+    Remote,
+}
+
+struct Inner {
+    store: Store,
+    settings_file: PathBuf,
+    applier: Box<dyn Applier>,
+}
+
+/// The state the handlers share.
+#[derive(Clone)]
+pub struct AppState(Arc<Mutex<Inner>>);
+
+impl AppState {
+    /// `store` holds the committed settings (loaded from `settings_file`).
+    pub fn new(store: Store, settings_file: PathBuf, applier: Box<dyn Applier>) -> AppState {
+        AppState(Arc::new(Mutex::new(Inner {
+            store,
+            settings_file,
+            applier,
+        })))
+    }
+}
+
+fn error(status: StatusCode, path: &str, message: &str) -> Response {
+    let mut body = json!({ "error": message });
+    if !path.is_empty() {
+        body["path"] = json!(path);
+    }
+    (status, Json(body)).into_response()
+}
+
+fn refused(e: SettingsError) -> Response {
+    error(StatusCode::BAD_REQUEST, &e.path, &e.to_string())
+}
+
+async fn get_settings(State(state): State<AppState>) -> Response {
+    Json(state.0.lock().await.store.committed().to_value()).into_response()
+}
+
+async fn get_subtree(State(state): State<AppState>, Path(path): Path<String>) -> Response {
+    let dotted = path.trim_matches('/').replace('/', ".");
+    match state.0.lock().await.store.committed().get(&dotted) {
+        Some(v) => Json(v).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            &dotted,
+            &format!("no setting {dotted}"),
+        ),
+    }
+}
+
+async fn patch_settings(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let patch: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "",
+                &format!("the body is not JSON: {e}"),
+            )
+        }
+    };
+    let mut inner = state.0.lock().await;
+    match inner.store.stage(patch) {
+        Ok(pending) => Json(pending.to_value()).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn get_pending(State(state): State<AppState>) -> Response {
+    match state.0.lock().await.store.pending() {
+        Some(p) => Json(p.to_value()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "", "nothing is staged"),
+    }
+}
+
+async fn discard_pending(State(state): State<AppState>) -> Response {
+    state.0.lock().await.store.discard();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn commit(State(state): State<AppState>) -> Response {
+    let mut guard = state.0.lock().await;
+    let Inner {
+        store,
+        settings_file,
+        applier,
+    } = &mut *guard;
+    let result = store.commit(|old, new, areas| {
+        applier.apply(old, new, areas)?;
+        if let Err(e) = persist::save(settings_file, new) {
+            // Not on disk means not committed: undo what was applied.
+            let _ = applier.apply(new, old, areas);
+            return Err(e.to_string());
+        }
+        Ok(())
+    });
+    match result {
+        Ok(areas) => {
+            let names: Vec<String> = areas
+                .iter()
+                .map(|a| format!("{a:?}").to_lowercase())
+                .collect();
+            Json(json!({ "applied": names, "settings": store.committed().to_value() }))
+                .into_response()
+        }
+        Err(CommitError::NothingStaged) => error(StatusCode::CONFLICT, "", "nothing is staged"),
+        Err(e @ CommitError::Apply(_)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "", &e.to_string())
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let allowed = {
+        let inner = state.0.lock().await;
+        match (&inner.store.committed().api.token_sha256, presented) {
+            (Some(hash), Some(token)) => hash.matches(&token),
+            _ => false,
+        }
+    };
+    if allowed {
+        next.run(req).await
+    } else {
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "",
+            "a valid bearer token is required",
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        resp
+    }
+}
+
+/// The API for callers of the given kind.
+pub fn router(state: AppState, access: Access) -> Router {
+    let routes = Router::new()
+        .route("/v1/settings", get(get_settings).patch(patch_settings))
+        .route(
+            "/v1/settings/pending",
+            get(get_pending).delete(discard_pending),
+        )
+        .route("/v1/settings/commit", post(commit))
+        .route("/v1/settings/{*path}", get(get_subtree))
+        .route("/v1/openapi.json", get(openapi));
+    let routes = match access {
+        Access::Local => routes,
+        Access::Remote => {
+            routes.layer(middleware::from_fn_with_state(state.clone(), require_token))
+        }
+    };
+    routes.with_state(state)
+}
