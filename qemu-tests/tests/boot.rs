@@ -1,5 +1,7 @@
 //! A healthy boot: the verified root, read-only; the state partition, writable
-//! and kept across an orderly power-off by the ACPI power button.
+//! and kept across an orderly power-off by the ACPI power button and a reboot
+//! a service asks for; a setting committed through the API in force at once
+//! and again after the power cycle.
 
 use qemu_tests::{find_uki_roothash, part_type, TestDisk};
 use std::process::Command;
@@ -52,6 +54,15 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_off_and_
         t.contains("checker: var boots=1"),
         "first boot counts 1 on /var:\n{t}"
     );
+    // A setting changed through the API (its Unix socket) takes effect at once.
+    assert!(
+        t.contains("checker: api patch 200 commit 200"),
+        "the API staged and committed:\n{t}"
+    );
+    assert!(
+        t.contains("checker: api hostname=\"node-from-api\" uname=node-from-api"),
+        "the new hostname is committed and in force:\n{t}"
+    );
 
     // The power button shuts the node down in order.
     node.press_power_button()?;
@@ -81,6 +92,8 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_off_and_
     let mut node = disk.boot()?;
     node.wait_ready()?;
     node.expect("checker: var boots=2")?;
+    // The committed setting survived the power cycle and is applied again.
+    node.expect("checker: api hostname=\"node-from-api\" uname=node-from-api")?;
     node.expect("carapace: shutting down (SIGTERM)")?;
     node.expect("/var unmounted cleanly")?;
     node.expect("carapace: reboot")?;

@@ -52,6 +52,7 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
 
     let init = binaries::build(root, "carapace-init", &["carapace-init"])?;
     let init = &init[0];
+    let agents = binaries::build(root, "carapace-api", &["carapace-api"])?;
     let test_bins = match variant {
         Variant::Test => binaries::build(root, "qemu-tests", TEST_BINS)?,
         Variant::Release => Vec::new(),
@@ -66,6 +67,10 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     let lib = tree.join("usr/lib/carapace");
     std::fs::create_dir_all(&lib)?;
     copy_exec(init, &lib.join("carapace-init"))?;
+    for bin in &agents {
+        let name = bin.file_name().context("binary has a name")?;
+        copy_exec(bin, &lib.join(name))?;
+    }
     let manifest = match variant {
         Variant::Release => "services.toml",
         Variant::Test => "services-test.toml",

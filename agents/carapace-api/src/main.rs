@@ -3,8 +3,8 @@
 //! /var/lib/carapace/settings.json. (The TLS listener for remote callers
 //! comes with the rest of the node API.)
 
-use carapace_api::{router, Access, AppState, NodeApplier};
-use carapace_model::{persist, Settings, Store};
+use carapace_api::{router, Access, AppState, Applier, NodeApplier};
+use carapace_model::{persist, Area, Settings, Store};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -46,10 +46,24 @@ async fn serve() -> Result<(), String> {
             Settings::default()
         }
     };
+    // The committed settings take effect at every start, before the socket
+    // answers: a client that reaches the API sees them in force.
+    let all = [
+        Area::Hostname,
+        Area::Network,
+        Area::Ntp,
+        Area::Sysctl,
+        Area::Api,
+        Area::Updates,
+    ];
+    let mut applier = NodeApplier;
+    if let Err(e) = applier.apply(&Settings::default(), &committed, &all) {
+        eprintln!("carapace-api: applying the committed settings failed: {e}");
+    }
     let state = AppState::new(
         Store::new(committed),
         settings_file.to_path_buf(),
-        Box::new(NodeApplier),
+        Box::new(applier),
     );
     let socket = Path::new(SOCKET);
     if let Some(dir) = socket.parent() {

@@ -9,6 +9,9 @@
 //! - `checker: orphan <pid> reaped` — or `is a zombie`: a grandchild whose
 //!   parent exited is reparented to PID 1, which must collect it;
 //! - `checker: zombies=<n>` — zombies that stay zombies for half a second;
+//! - `checker: api patch <status> commit <status>` (first boot only: sets the
+//!   hostname to node-from-api through the API's Unix socket), then
+//!   `checker: api hostname="<name>" uname=<kernel's hostname>` on every boot;
 //! - `checker: done`, then exit status 0;
 //! - on the second boot of a disk only: `checker: asking PID 1 to reboot`, and
 //!   SIGTERM to PID 1, the way any service requests a reboot.
@@ -224,6 +227,76 @@ fn lasting_zombies() -> Vec<i32> {
         .collect()
 }
 
+/// One HTTP/1.1 request to the API daemon on its Unix socket (waiting up to
+/// 10 s for the daemon to listen); returns the status code and the body.
+fn api(method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let mut stream = None;
+    for _ in 0..200 {
+        match std::os::unix::net::UnixStream::connect(API_SOCKET) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    let mut stream = stream.ok_or_else(|| format!("{API_SOCKET} does not answer"))?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("malformed response {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+const API_SOCKET: &str = "/run/carapace/api.sock";
+
+fn nodename() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// On a disk's first boot, changes the hostname through the API; on every
+/// boot, reports what the API and the kernel say it is.
+fn check_api(boots: u64) {
+    if boots == 1 {
+        let patched = api("PATCH", "/v1/settings", r#"{"hostname":"node-from-api"}"#);
+        let committed = api("POST", "/v1/settings/commit", "");
+        match (patched, committed) {
+            (Ok((p, _)), Ok((c, _))) => say(&format!("api patch {p} commit {c}")),
+            (Err(e), _) | (_, Err(e)) => say(&format!("error talking to the API: {e}")),
+        }
+    }
+    match api("GET", "/v1/settings/hostname", "") {
+        Ok((200, body)) => say(&format!(
+            "api hostname={} uname={}",
+            body.trim(),
+            nodename()
+        )),
+        Ok((code, body)) => say(&format!(
+            "error: GET /v1/settings/hostname gave {code}: {body}"
+        )),
+        Err(e) => say(&format!("error talking to the API: {e}")),
+    }
+}
+
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some(AS_PARENT) => std::process::exit(orphan_parent()),
@@ -249,6 +322,7 @@ fn main() {
             0
         }
     };
+    check_api(boots);
     match make_orphan() {
         Ok(pid) => {
             std::thread::sleep(REAP_WAIT);
