@@ -153,7 +153,16 @@ impl TestDisk {
 
     /// Boots this disk in QEMU and returns the running node.
     pub fn boot(&self) -> Result<Node> {
-        Node::boot(self)
+        Node::boot(self, &[])
+    }
+
+    /// Boots this disk with user data (TOML) in QEMU's fw_cfg, as
+    /// `opt/carapace/user-data`.
+    pub fn boot_with_user_data(&self, toml: &str) -> Result<Node> {
+        let file = self.dir.join("user-data.toml");
+        std::fs::write(&file, toml)?;
+        let arg = format!("name=opt/carapace/user-data,file={}", file.display());
+        Node::boot(self, &["-fw_cfg".to_string(), arg])
     }
 }
 
@@ -305,10 +314,11 @@ pub fn qemu_command(disk: &Path, vars: &Path, monitor: Option<&Path>) -> Command
 
 impl Node {
     /// Starts QEMU on `disk`.
-    pub fn boot(disk: &TestDisk) -> Result<Node> {
+    pub fn boot(disk: &TestDisk, extra_args: &[String]) -> Result<Node> {
         let monitor = disk.dir.join("monitor.sock");
         let _ = std::fs::remove_file(&monitor);
-        let cmd = qemu_command(&disk.disk, &disk.vars, Some(&monitor));
+        let mut cmd = qemu_command(&disk.disk, &disk.vars, Some(&monitor));
+        cmd.args(extra_args);
         let options = rexpect::reader::Options::new()
             .timeout_ms(Some(EXPECT_TIMEOUT.as_millis() as u64))
             .strip_ansi_escape_codes(true);

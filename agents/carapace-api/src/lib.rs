@@ -15,6 +15,7 @@
 //! socket need none.
 
 pub mod apply;
+pub mod first_boot;
 pub mod routes;
 
 pub use apply::{Applier, NodeApplier};

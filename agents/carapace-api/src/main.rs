@@ -1,8 +1,9 @@
 //! The carapace-api daemon: serves the settings API on the root-only Unix
 //! socket /run/carapace/api.sock, with the committed settings kept in
-//! /var/lib/carapace/settings.json. (The TLS listener for remote callers
+//! /var/lib/carapace/settings.json (on first boot, taken from the user data). (The TLS listener for remote callers
 //! comes with the rest of the node API.)
 
+use carapace_api::first_boot::{self, UserData};
 use carapace_api::{router, Access, AppState, Applier, NodeApplier};
 use carapace_model::{persist, Area, Settings, Store};
 use std::os::unix::fs::PermissionsExt;
@@ -31,6 +32,23 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// No settings were ever committed: take them from the user data, commit
+/// them, and say what happened.
+fn first_boot(settings_file: &Path) -> Settings {
+    let (settings, outcome) = first_boot::initial_settings(first_boot::read_fw_cfg().as_deref());
+    match outcome {
+        UserData::Absent => eprintln!("carapace-api: first boot: no user data, default settings"),
+        UserData::Applied => eprintln!("carapace-api: first boot: settings from user data"),
+        UserData::Refused(why) => {
+            eprintln!("carapace-api: first boot: user data refused: {why}: default settings")
+        }
+    }
+    if let Err(e) = persist::save(settings_file, &settings) {
+        eprintln!("carapace-api: {e}");
+    }
+    settings
+}
+
 async fn serve() -> Result<(), String> {
     let settings_file = Path::new(SETTINGS);
     if let Some(dir) = settings_file.parent() {
@@ -39,7 +57,7 @@ async fn serve() -> Result<(), String> {
     }
     let committed = match persist::load(settings_file) {
         Ok(Some(s)) => s,
-        Ok(None) => Settings::default(),
+        Ok(None) => first_boot(settings_file),
         Err(e) => {
             // Never brick the node over a bad file: defaults, and say why.
             eprintln!("carapace-api: {e}: using the default settings");

@@ -9,9 +9,10 @@
 //! - `checker: orphan <pid> reaped` — or `is a zombie`: a grandchild whose
 //!   parent exited is reparented to PID 1, which must collect it;
 //! - `checker: zombies=<n>` — zombies that stay zombies for half a second;
-//! - `checker: api patch <status> commit <status>` (first boot only: sets the
-//!   hostname to node-from-api through the API's Unix socket), then
-//!   `checker: api hostname="<name>" uname=<kernel's hostname>` on every boot;
+//! - `checker: api hostname="<name>" uname=<kernel's hostname>`, what the API
+//!   (its Unix socket) and the kernel say; on a disk's first boot then
+//!   `checker: api patch <status> commit <status>` for a change of the
+//!   hostname to node-from-api, and the hostname line again;
 //! - `checker: done`, then exit status 0;
 //! - on the second boot of a disk only: `checker: asking PID 1 to reboot`, and
 //!   SIGTERM to PID 1, the way any service requests a reboot.
@@ -273,9 +274,10 @@ fn nodename() -> String {
         .into_owned()
 }
 
-/// On a disk's first boot, changes the hostname through the API; on every
-/// boot, reports what the API and the kernel say it is.
+/// Reports what the API and the kernel say the hostname is; on a disk's first
+/// boot, then changes it through the API and reports again.
 fn check_api(boots: u64) {
+    report_hostname();
     if boots == 1 {
         let patched = api("PATCH", "/v1/settings", r#"{"hostname":"node-from-api"}"#);
         let committed = api("POST", "/v1/settings/commit", "");
@@ -283,7 +285,11 @@ fn check_api(boots: u64) {
             (Ok((p, _)), Ok((c, _))) => say(&format!("api patch {p} commit {c}")),
             (Err(e), _) | (_, Err(e)) => say(&format!("error talking to the API: {e}")),
         }
+        report_hostname();
     }
+}
+
+fn report_hostname() {
     match api("GET", "/v1/settings/hostname", "") {
         Ok((200, body)) => say(&format!(
             "api hostname={} uname={}",
