@@ -25,7 +25,11 @@ impl RootHash {
         let bad = || CmdlineError::Malformed {
             value: value.to_string(),
         };
-        if !value.len().is_multiple_of(2) || !(32..=128).contains(&value.len()) {
+        // Every character checked: from_str_radix alone would take a leading '+'.
+        if !value.len().is_multiple_of(2)
+            || !(32..=128).contains(&value.len())
+            || !value.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(bad());
         }
         let bytes = (0..value.len())
@@ -152,6 +156,7 @@ mod tests {
     #[test]
     fn malformed_roothash_is_an_error() {
         for bad in [
+            "roothash=+b6e1c5f8a0f4e1d9a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081",
             "roothash=",
             "roothash=xyz",
             "roothash=abc",
