@@ -14,7 +14,7 @@ mod kernel;
 mod qemu;
 mod tidy;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -23,7 +23,9 @@ commands:
   deps              install the host packages the build needs (as root)
   kernel            build the kernel from kernel-config/ (cached)
   image [--test]    build the disk image (release, or the test variant)
-  run [--test]      build what is stale and boot the image in QEMU on this terminal
+  run [--test] [--user-data FILE]
+                    build what is stale and boot the image in QEMU on this terminal;
+                    FILE (TOML) becomes the node's first settings
   test              run the unit tests, then build the test image and run qemu-tests
   bench boot [N]    boot the release image N times (default 5) and report medians and sizes
 ";
@@ -67,8 +69,14 @@ fn real_main() -> Result<()> {
             println!("{}", img.disk.display());
         }
         Some("run") => {
+            let user_data = args
+                .iter()
+                .position(|a| a == "--user-data")
+                .map(|i| args.get(i + 1).map(PathBuf::from))
+                .map(|f| f.context("--user-data needs a file"))
+                .transpose()?;
             let img = image::build(&root, variant)?;
-            qemu::run_interactive(&root, &img)?;
+            qemu::run_interactive(&img, user_data.as_deref())?;
         }
         Some("test") => test(&root)?,
         Some("bench") => match args.get(1).map(String::as_str) {

@@ -5,7 +5,9 @@ use crate::image::Image;
 use anyhow::{Context, Result};
 use std::path::Path;
 
-pub fn run_interactive(_root: &Path, image: &Image) -> Result<()> {
+/// Boots `image` on this terminal; `user_data` (a TOML file) is handed to the
+/// node through fw_cfg as `opt/carapace/user-data`, read on its first boot.
+pub fn run_interactive(image: &Image, user_data: Option<&Path>) -> Result<()> {
     let vars = image.out_dir.join("OVMF_VARS.fd");
     if !vars.exists() {
         std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
@@ -37,6 +39,16 @@ pub fn run_interactive(_root: &Path, image: &Image) -> Result<()> {
         "run: booting {} (quit with ctrl-a x; the node powers off on ctrl-a c, system_powerdown)",
         image.disk.display()
     );
+    if let Some(file) = user_data {
+        if !file.exists() {
+            anyhow::bail!("user data file {} does not exist", file.display());
+        }
+        out.push("-fw_cfg".into());
+        out.push(format!(
+            "name=opt/carapace/user-data,file={}",
+            file.display()
+        ));
+    }
     cmd = std::process::Command::new(cmd.get_program());
     cmd.args(&out);
     let status = cmd.status().context("cannot start qemu-system-x86_64")?;
