@@ -69,7 +69,7 @@ pub fn boot(root: &Path, runs: usize) -> Result<()> {
         .and_then(|p| std::fs::metadata(p).ok())
         .map(|m| m.len());
     let report = format!(
-        "boot benchmark: {runs} boots of {} under TCG (median, ms since kernel start)\n  stage 1: {} ms\n  stage 2: {} ms\n  ready:   {} ms\nsizes\n  root filesystem (erofs): {:.2} MB ({} bytes)\n  root slot partition: {} MB\n  UKI: {}\n",
+        "boot benchmark: {runs} boots of {} under TCG (median, ms since kernel start)\n  stage 1 (root verified and mounted): {} ms\n  stage 2 (started):                   {} ms\n  ready (all services started):        {} ms\nsizes\n  root filesystem (erofs): {:.2} MB ({} bytes)\n  root slot partition: {} MB\n  UKI: {}\n",
         img.disk.display(),
         median(s1),
         median(s2),

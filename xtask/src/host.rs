@@ -107,12 +107,13 @@ fn install(pkgs: &[&str], suite: Option<&str>) -> Result<()> {
         );
     }
     apt_update()?;
-    let mut args: Vec<String> = vec![
-        "install".into(),
-        "-y".into(),
-        "-q".into(),
-        "--no-install-recommends".into(),
-    ];
+    let mut args: Vec<String> = vec!["install".into(), "-y".into(), "-q".into()];
+    // The image tools from backports are installed with their recommends
+    // (mkosi's include python3-pefile, zstd, the archive keyrings): that is
+    // the set the image build was proven with. The rest needs none.
+    if suite.is_none() {
+        args.push("--no-install-recommends".into());
+    }
     if let Some(suite) = suite {
         args.push("-t".into());
         args.push(suite.into());
