@@ -13,7 +13,23 @@ pub fn run_interactive(image: &Image, user_data: Option<&Path>) -> Result<()> {
         std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
             .context("cannot copy the OVMF variables (package ovmf)")?;
     }
-    let mut cmd = qemu_tests::qemu_command(&image.disk, &vars, None);
+    // The node boots a copy of the image, so the image stays pristine for
+    // benchmarks and bundles; the copy (and its /var) lives until the image
+    // is rebuilt.
+    let node_disk = image.out_dir.join("node.raw");
+    let stale = match (
+        std::fs::metadata(&node_disk),
+        std::fs::metadata(&image.disk),
+    ) {
+        (Ok(node), Ok(img)) => node.modified()? < img.modified()?,
+        _ => true,
+    };
+    if stale {
+        duct::cmd!("cp", "--sparse=always", &image.disk, &node_disk)
+            .run()
+            .context("cannot copy the image for the node")?;
+    }
+    let mut cmd = qemu_tests::qemu_command(&node_disk, &vars, None);
     // The harness uses -serial stdio and -no-reboot; interactively we want the
     // monitor multiplexed on the terminal and reboots to stay in QEMU.
     let args: Vec<String> = cmd
@@ -36,8 +52,8 @@ pub fn run_interactive(image: &Image, user_data: Option<&Path>) -> Result<()> {
         i += 1;
     }
     eprintln!(
-        "run: booting {} (quit with ctrl-a x; the node powers off on ctrl-a c, system_powerdown)",
-        image.disk.display()
+        "run: booting {} (ctrl-a x quits QEMU; ctrl-a c, then system_powerdown, powers the node off in order)",
+        node_disk.display()
     );
     if let Some(file) = user_data {
         if !file.exists() {
