@@ -1,7 +1,7 @@
 //! A healthy boot: the verified root, read-only; the state partition, writable
 //! and kept across an orderly power-off by the ACPI power button and a reboot
-//! a service asks for; a setting committed through the API in force at once
-//! and again after the power cycle.
+//! asked for through the API; status from the API; a setting committed
+//! through the API in force at once and again after the power cycle.
 
 use qemu_tests::{find_uki_roothash, part_type, TestDisk};
 use std::process::Command;
@@ -54,6 +54,14 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_off_and_
         t.contains("checker: var boots=1"),
         "first boot counts 1 on /var:\n{t}"
     );
+    // The API reports the version and root hash the node booted.
+    assert!(
+        t.contains(&format!(
+            "checker: api status version={} roothash={uki_hash}",
+            ready.version
+        )),
+        "status names the running version and root hash:\n{t}"
+    );
     // A setting changed through the API (its Unix socket) takes effect at once.
     assert!(
         t.contains("checker: api patch 200 commit 200"),
@@ -88,12 +96,15 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_off_and_
     std::fs::remove_file(&var_copy)?;
 
     // Second boot: what was written to /var is still there. The checker then
-    // asks PID 1 for a reboot, as a service may: the node reboots in order.
+    // asks for a reboot through the API, which signals PID 1: the node reboots
+    // in order.
     let mut node = disk.boot()?;
     node.wait_ready()?;
     node.expect("checker: var boots=2")?;
     // The committed setting survived the power cycle and is applied again.
     node.expect("checker: api hostname=\"node-from-api\" uname=node-from-api")?;
+    // (The checker may be stopped before it can print the API's answer: the
+    // shutdown line, with the API's SIGTERM as reason, is the proof.)
     node.expect("carapace: shutting down (SIGTERM)")?;
     node.expect("/var unmounted cleanly")?;
     node.expect("carapace: reboot")?;

@@ -9,6 +9,8 @@
 //! - `PATCH /v1/settings` — stage a JSON merge patch (400 with the field's path if refused)
 //! - `GET /v1/settings/pending`, `DELETE /v1/settings/pending`
 //! - `POST /v1/settings/commit` — apply and persist the whole transaction, or nothing
+//! - `GET /v1/status` — version, root hash, boot id, uptime, /var usage
+//! - `POST /v1/power/reboot`, `POST /v1/power/poweroff` — ask PID 1 for an orderly one
 //!
 //! Remote callers (`Access::Remote`) must send `Authorization: Bearer <token>`
 //! matching the committed token hash; local callers on the root-only Unix
@@ -16,9 +18,11 @@
 
 pub mod apply;
 pub mod first_boot;
+pub mod node;
 pub mod routes;
 
 pub use apply::{Applier, NodeApplier};
+pub use node::{NodeOps, PowerAction, RealNode};
 pub use routes::{router, Access, AppState};
 
 /// The OpenAPI document of the API.

@@ -4,7 +4,7 @@
 //! comes with the rest of the node API.)
 
 use carapace_api::first_boot::{self, UserData};
-use carapace_api::{router, Access, AppState, Applier, NodeApplier};
+use carapace_api::{router, Access, AppState, Applier, NodeApplier, RealNode};
 use carapace_model::{persist, Area, Settings, Store};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -82,6 +82,7 @@ async fn serve() -> Result<(), String> {
         Store::new(committed),
         settings_file.to_path_buf(),
         Box::new(applier),
+        std::sync::Arc::new(RealNode),
     );
     let socket = Path::new(SOCKET);
     if let Some(dir) = socket.parent() {

@@ -1,6 +1,7 @@
 //! The HTTP routes and their handlers.
 
 use crate::apply::Applier;
+use crate::node::{NodeOps, PowerAction};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -23,6 +24,9 @@ pub const ROUTES: &[&str] = &[
     "DELETE /v1/settings/pending",
     "POST /v1/settings/commit",
     "GET /v1/openapi.json",
+    "GET /v1/status",
+    "POST /v1/power/reboot",
+    "POST /v1/power/poweroff",
 ];
 
 /// Who is calling: the root-only Unix socket, or the network (token required).
@@ -36,6 +40,7 @@ struct Inner {
     store: Store,
     settings_file: PathBuf,
     applier: Box<dyn Applier>,
+    node: Arc<dyn NodeOps>,
 }
 
 /// The state the handlers share.
@@ -43,12 +48,19 @@ struct Inner {
 pub struct AppState(Arc<Mutex<Inner>>);
 
 impl AppState {
-    /// `store` holds the committed settings (loaded from `settings_file`).
-    pub fn new(store: Store, settings_file: PathBuf, applier: Box<dyn Applier>) -> AppState {
+    /// `store` holds the committed settings (loaded from `settings_file`);
+    /// `node` answers status and power requests.
+    pub fn new(
+        store: Store,
+        settings_file: PathBuf,
+        applier: Box<dyn Applier>,
+        node: Arc<dyn NodeOps>,
+    ) -> AppState {
         AppState(Arc::new(Mutex::new(Inner {
             store,
             settings_file,
             applier,
+            node,
         })))
     }
 }
@@ -117,6 +129,7 @@ async fn commit(State(state): State<AppState>) -> Response {
         store,
         settings_file,
         applier,
+        ..
     } = &mut *guard;
     let result = store.commit(|old, new, areas| {
         applier.apply(old, new, areas)?;
@@ -141,6 +154,31 @@ async fn commit(State(state): State<AppState>) -> Response {
             error(StatusCode::INTERNAL_SERVER_ERROR, "", &e.to_string())
         }
     }
+}
+
+async fn status(State(state): State<AppState>) -> Response {
+    let node = state.0.lock().await.node.clone();
+    Json(node.status()).into_response()
+}
+
+async fn power(state: AppState, action: PowerAction) -> Response {
+    let node = state.0.lock().await.node.clone();
+    match node.power(action) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "requested": format!("{action:?}").to_lowercase() })),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "", &e),
+    }
+}
+
+async fn reboot(State(state): State<AppState>) -> Response {
+    power(state, PowerAction::Reboot).await
+}
+
+async fn poweroff(State(state): State<AppState>) -> Response {
+    power(state, PowerAction::PowerOff).await
 }
 
 async fn openapi() -> Response {
@@ -187,7 +225,10 @@ pub fn router(state: AppState, access: Access) -> Router {
         )
         .route("/v1/settings/commit", post(commit))
         .route("/v1/settings/{*path}", get(get_subtree))
-        .route("/v1/openapi.json", get(openapi));
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/status", get(status))
+        .route("/v1/power/reboot", post(reboot))
+        .route("/v1/power/poweroff", post(poweroff));
     let routes = match access {
         Access::Local => routes,
         Access::Remote => {

@@ -3,7 +3,8 @@
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use carapace_api::{router, Access, AppState, Applier};
+use carapace_api::node::Status;
+use carapace_api::{router, Access, AppState, Applier, NodeOps, PowerAction};
 use carapace_model::{persist, Area, Settings, Store};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -34,10 +35,33 @@ impl Applier for Recorder {
     }
 }
 
+/// Answers status with fixed facts and records power requests.
+#[derive(Default)]
+struct FakeNode {
+    requests: Mutex<Vec<PowerAction>>,
+}
+
+impl NodeOps for FakeNode {
+    fn status(&self) -> Status {
+        carapace_api::node::status_from(
+            "IMAGE_VERSION=9.9.9\n",
+            "roothash=feed",
+            "boot-1",
+            "5.5 1",
+            None,
+        )
+    }
+    fn power(&self, action: PowerAction) -> Result<(), String> {
+        self.requests.lock().expect("lock").push(action);
+        Ok(())
+    }
+}
+
 struct Fixture {
     dir: PathBuf,
     state: AppState,
     recorder: Recorder,
+    node: Arc<FakeNode>,
 }
 
 impl Fixture {
@@ -46,15 +70,18 @@ impl Fixture {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let recorder = Recorder::default();
+        let node = Arc::new(FakeNode::default());
         let state = AppState::new(
             Store::new(committed),
             dir.join("settings.json"),
             Box::new(recorder.clone()),
+            node.clone(),
         );
         Fixture {
             dir,
             state,
             recorder,
+            node,
         }
     }
 
@@ -256,6 +283,36 @@ async fn remote_callers_need_the_right_token() {
         s,
         StatusCode::NOT_FOUND,
         "a refused request changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn status_and_power_requests() {
+    let f = Fixture::new("status", Settings::default());
+    let (s, status) = f.local(Method::GET, "/v1/status", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (status["version"].as_str(), status["roothash"].as_str()),
+        (Some("9.9.9"), Some("feed"))
+    );
+    let (s, _) = f.local(Method::POST, "/v1/power/reboot", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _) = f.local(Method::POST, "/v1/power/poweroff", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _) = f
+        .call(
+            Access::Remote,
+            Method::POST,
+            "/v1/power/reboot",
+            None,
+            Some("no-token-is-set-yet"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        f.node.requests.lock().expect("lock").as_slice(),
+        &[PowerAction::Reboot, PowerAction::PowerOff],
+        "only the authorised requests reached PID 1"
     );
 }
 

@@ -14,8 +14,10 @@
 //!   `checker: api patch <status> commit <status>` for a change of the
 //!   hostname to node-from-api, and the hostname line again;
 //! - `checker: done`, then exit status 0;
-//! - on the second boot of a disk only: `checker: asking PID 1 to reboot`, and
-//!   SIGTERM to PID 1, the way any service requests a reboot.
+//! - `checker: api status version=<v> roothash=<hex>`, from GET /v1/status;
+//! - on the second boot of a disk only: a reboot asked for through the API
+//!   (which signals PID 1; the shutdown may stop the checker before it prints
+//!   `checker: api reboot <status>`).
 //!
 //! Failures of the probe itself read `checker: error <what>: <why>`. Only std
 //! and rustix; no panics.
@@ -277,6 +279,7 @@ fn nodename() -> String {
 /// Reports what the API and the kernel say the hostname is; on a disk's first
 /// boot, then changes it through the API and reports again.
 fn check_api(boots: u64) {
+    report_status();
     report_hostname();
     if boots == 1 {
         let patched = api("PATCH", "/v1/settings", r#"{"hostname":"node-from-api"}"#);
@@ -286,6 +289,27 @@ fn check_api(boots: u64) {
             (Err(e), _) | (_, Err(e)) => say(&format!("error talking to the API: {e}")),
         }
         report_hostname();
+    }
+}
+
+fn report_status() {
+    match api("GET", "/v1/status", "") {
+        Ok((200, body)) => {
+            let field = |name: &str| {
+                body.split(&format!("\"{name}\":\""))
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            say(&format!(
+                "api status version={} roothash={}",
+                field("version"),
+                field("roothash")
+            ));
+        }
+        Ok((code, body)) => say(&format!("error: GET /v1/status gave {code}: {body}")),
+        Err(e) => say(&format!("error talking to the API: {e}")),
     }
 }
 
@@ -349,12 +373,10 @@ fn main() {
     }
     say("done");
     if boots == 2 {
-        // A service asks for a reboot the documented way: SIGTERM to PID 1.
-        say("asking PID 1 to reboot");
-        if let Some(init) = rustix::process::Pid::from_raw(1) {
-            if let Err(e) = rustix::process::kill_process(init, rustix::process::Signal::TERM) {
-                say(&format!("error signalling PID 1: {e}"));
-            }
+        // A reboot asked for through the API, which hands it to PID 1.
+        match api("POST", "/v1/power/reboot", "") {
+            Ok((code, _)) => say(&format!("api reboot {code}")),
+            Err(e) => say(&format!("error talking to the API: {e}")),
         }
     }
 }
