@@ -23,6 +23,7 @@ pub mod loopback;
 pub mod manifest;
 pub mod power;
 pub mod power_button;
+pub mod services_file;
 pub mod shutdown;
 pub mod stage1;
 pub mod stage2;

@@ -276,6 +276,7 @@ async fn supervise(manifest: Manifest) -> (Supervisor, PowerRequest) {
     });
 
     let mut supervisor = Supervisor::new(manifest, tx);
+    supervisor.publish_states_to(crate::services_file::PATH);
     supervisor.start_all();
     let os_release = std::fs::read_to_string("/usr/lib/os-release").ok();
     let cmdline = std::fs::read_to_string("/proc/cmdline").ok();

@@ -99,6 +99,8 @@ pub struct Supervisor {
     events: UnboundedSender<Event>,
     stopping: bool,
     orphans_reaped: u64,
+    /// Where the states are published for the API (stage 2 sets it).
+    publish_to: Option<std::path::PathBuf>,
 }
 
 impl Supervisor {
@@ -125,6 +127,7 @@ impl Supervisor {
             events,
             stopping: false,
             orphans_reaped: 0,
+            publish_to: None,
         }
     }
 
@@ -140,17 +143,34 @@ impl Supervisor {
     pub async fn run(&mut self, events: &mut UnboundedReceiver<Event>) -> PowerRequest {
         // A child may have ended before the SIGCHLD listener was in place.
         self.reap();
+        let mut published = String::new();
+        self.publish_if_changed(&mut published);
         while let Some(event) = events.recv().await {
             match event {
                 Event::ChildExited => self.reap(),
                 Event::RestartDue(i) => self.restart_due(i),
                 Event::Power(request) => return request,
             }
+            self.publish_if_changed(&mut published);
         }
         // Unreachable while `self` holds a sender, but never a reason to panic.
         PowerRequest {
             action: PowerAction::PowerOff,
             reason: "event channel closed".into(),
+        }
+    }
+
+    /// From now on, publish the services' states at `path` whenever they change.
+    pub fn publish_states_to(&mut self, path: impl Into<std::path::PathBuf>) {
+        self.publish_to = Some(path.into());
+    }
+
+    fn publish_if_changed(&self, last: &mut String) {
+        let Some(path) = &self.publish_to else { return };
+        let text = crate::services_file::render(&self.snapshot());
+        if text != *last {
+            crate::services_file::publish(path, &text);
+            *last = text;
         }
     }
 

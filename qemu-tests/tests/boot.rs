@@ -62,6 +62,14 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_off_and_
         )),
         "status names the running version and root hash:\n{t}"
     );
+    // ... and the services' states that PID 1 publishes.
+    let services = line_with(&t, "checker: api services ").unwrap_or_default();
+    assert!(
+        services.contains("api:running")
+            && services.contains("checker:running")
+            && services.contains("crasher:"),
+        "status lists every service with its state: {services}"
+    );
     // A setting changed through the API (its Unix socket) takes effect at once.
     assert!(
         t.contains("checker: api patch 200 commit 200"),

@@ -28,6 +28,9 @@ pub struct Status {
     pub boot_id: String,
     pub uptime_seconds: f64,
     pub var: Option<Usage>,
+    /// Every service's state and restart count, as carapace-init publishes
+    /// them in /run/carapace/services.json (an empty list if it has not yet).
+    pub services: serde_json::Value,
 }
 
 /// Space on a filesystem, in bytes.
@@ -52,6 +55,7 @@ pub fn status_from(
     boot_id: &str,
     uptime: &str,
     var: Option<Usage>,
+    services: &str,
 ) -> Status {
     let version = os_release_value(os_release, "IMAGE_VERSION")
         .or_else(|| os_release_value(os_release, "VERSION_ID"))
@@ -66,14 +70,22 @@ pub fn status_from(
         .next()
         .and_then(|u| u.parse().ok())
         .unwrap_or(0.0);
+    let services = serde_json::from_str::<serde_json::Value>(services)
+        .ok()
+        .filter(serde_json::Value::is_array)
+        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
     Status {
         version,
         roothash,
         boot_id: boot_id.trim().to_string(),
         uptime_seconds,
         var,
+        services,
     }
 }
+
+/// Where carapace-init publishes the services' states.
+pub const SERVICES_FILE: &str = "/run/carapace/services.json";
 
 /// The real node.
 pub struct RealNode;
@@ -91,6 +103,7 @@ impl NodeOps for RealNode {
             &read("/proc/sys/kernel/random/boot_id"),
             &read("/proc/uptime"),
             var,
+            &read(SERVICES_FILE),
         )
     }
 
@@ -119,12 +132,19 @@ mod tests {
                 total_bytes: 100,
                 free_bytes: 40,
             }),
+            r#"[{"name":"api","state":"running","restarts":0}]"#,
         );
         assert_eq!(s.version, "0.2.0");
         assert_eq!(s.roothash, "abcd");
         assert_eq!(s.boot_id, "6b0e-boot");
         assert!((s.uptime_seconds - 12.34).abs() < 1e-9);
-        let none = status_from("", "", "", "", None);
+        assert_eq!(s.services[0]["state"], "running");
+        let none = status_from("", "", "", "", None, "{ torn");
+        assert_eq!(
+            none.services,
+            serde_json::json!([]),
+            "a missing or torn file is no services"
+        );
         assert_eq!(
             (none.version.as_str(), none.roothash.as_str()),
             ("unknown", "none")

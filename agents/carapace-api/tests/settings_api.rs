@@ -49,6 +49,7 @@ impl NodeOps for FakeNode {
             "boot-1",
             "5.5 1",
             None,
+            r#"[{"name":"api","state":"running"}]"#,
         )
     }
     fn power(&self, action: PowerAction) -> Result<(), String> {
@@ -295,6 +296,7 @@ async fn status_and_power_requests() {
         (status["version"].as_str(), status["roothash"].as_str()),
         (Some("9.9.9"), Some("feed"))
     );
+    assert_eq!(status["services"][0]["name"], "api");
     let (s, _) = f.local(Method::POST, "/v1/power/reboot", None).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let (s, _) = f.local(Method::POST, "/v1/power/poweroff", None).await;

@@ -14,7 +14,8 @@
 //!   `checker: api patch <status> commit <status>` for a change of the
 //!   hostname to node-from-api, and the hostname line again;
 //! - `checker: done`, then exit status 0;
-//! - `checker: api status version=<v> roothash=<hex>`, from GET /v1/status;
+//! - `checker: api status version=<v> roothash=<hex>` and
+//!   `checker: api services <name>:<state> …`, from GET /v1/status;
 //! - on the second boot of a disk only: a reboot asked for through the API
 //!   (which signals PID 1; the shutdown may stop the checker before it prints
 //!   `checker: api reboot <status>`).
@@ -307,6 +308,21 @@ fn report_status() {
                 field("version"),
                 field("roothash")
             ));
+            // name:state of every service, in manifest order.
+            let services: Vec<String> = body
+                .split("\"name\":\"")
+                .skip(1)
+                .map(|entry| {
+                    let name = entry.split('"').next().unwrap_or("?");
+                    let state = entry
+                        .split("\"state\":\"")
+                        .nth(1)
+                        .and_then(|rest| rest.split('"').next())
+                        .unwrap_or("?");
+                    format!("{name}:{state}")
+                })
+                .collect();
+            say(&format!("api services {}", services.join(" ")));
         }
         Ok((code, body)) => say(&format!("error: GET /v1/status gave {code}: {body}")),
         Err(e) => say(&format!("error talking to the API: {e}")),
