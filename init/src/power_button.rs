@@ -86,11 +86,7 @@ pub fn watch(pressed: impl Fn() + Send + Sync + 'static) {
     // The buttons that exist now are opened before this returns, so a press
     // right after `ready` is not lost; later scans catch late devices.
     let mut watched = BTreeSet::new();
-    for device in find_devices(Path::new("/sys/class/input")) {
-        if watched.insert(device.clone()) {
-            read_device(device, Arc::clone(&pressed));
-        }
-    }
+    watch_new(&mut watched, &pressed);
     let spawned = std::thread::Builder::new()
         .name("power-scan".into())
         .stack_size(64 * 1024)
@@ -98,11 +94,7 @@ pub fn watch(pressed: impl Fn() + Send + Sync + 'static) {
             let start = Instant::now();
             for at in SCAN_AT.iter().filter(|at| !at.is_zero()) {
                 std::thread::sleep(at.saturating_sub(start.elapsed()));
-                for device in find_devices(Path::new("/sys/class/input")) {
-                    if watched.insert(device.clone()) {
-                        read_device(device, Arc::clone(&pressed));
-                    }
-                }
+                watch_new(&mut watched, &pressed);
             }
             if watched.is_empty() {
                 crate::console::say("no ACPI power button found: power off by signal only");
@@ -110,6 +102,15 @@ pub fn watch(pressed: impl Fn() + Send + Sync + 'static) {
         });
     if let Err(e) = spawned {
         crate::console::say(&format!("cannot watch for the power button: {e}"));
+    }
+}
+
+/// Starts reading every power button not watched yet.
+fn watch_new(watched: &mut BTreeSet<PathBuf>, pressed: &Arc<dyn Fn() + Send + Sync>) {
+    for device in find_devices(Path::new("/sys/class/input")) {
+        if watched.insert(device.clone()) {
+            read_device(device, Arc::clone(pressed));
+        }
     }
 }
 

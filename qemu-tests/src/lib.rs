@@ -151,6 +151,28 @@ impl TestDisk {
         Ok(())
     }
 
+    /// Runs `e2fsck -n -f` on a copy of the state partition (QEMU must have
+    /// exited); Ok(()) when it is clean, else its report.
+    pub fn check_var_is_clean(&self) -> Result<()> {
+        let var = self.partition(part_type::VAR, None)?;
+        let copy = self.dir.join("var.ext4");
+        self.extract(&var, &copy)?;
+        let fsck = Command::new("e2fsck")
+            .args(["-n", "-f"])
+            .arg(&copy)
+            .output()
+            .context("cannot run e2fsck (package e2fsprogs)")?;
+        std::fs::remove_file(&copy)?;
+        if !fsck.status.success() {
+            bail!(
+                "e2fsck -n -f finds /var unclean: {}\n{}",
+                String::from_utf8_lossy(&fsck.stdout),
+                String::from_utf8_lossy(&fsck.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Boots this disk in QEMU and returns the running node.
     pub fn boot(&self) -> Result<Node> {
         Node::boot(self, &[])

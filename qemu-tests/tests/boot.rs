@@ -4,7 +4,6 @@
 //! through the API in force at once and again after the power cycle.
 
 use qemu_tests::{find_uki_roothash, part_type, TestDisk};
-use std::process::Command;
 
 fn line_with<'a>(transcript: &'a str, prefix: &str) -> Option<&'a str> {
     transcript.lines().find(|l| l.contains(prefix))
@@ -88,20 +87,7 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_off_and_
     assert!(exited_ok, "QEMU exits cleanly after the power-off");
 
     // The state filesystem is clean on the host.
-    let var = disk.partition(part_type::VAR, None)?;
-    let var_copy = disk.dir.join("var.ext4");
-    disk.extract(&var, &var_copy)?;
-    let fsck = Command::new("e2fsck")
-        .args(["-n", "-f"])
-        .arg(&var_copy)
-        .output()?;
-    assert!(
-        fsck.status.success(),
-        "e2fsck -n -f on /var after power-off: {}\n{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
-    std::fs::remove_file(&var_copy)?;
+    disk.check_var_is_clean()?;
 
     // Second boot: what was written to /var is still there. The checker then
     // asks for a reboot through the API, which signals PID 1: the node reboots
@@ -118,15 +104,6 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_off_and_
     node.expect("carapace: reboot")?;
     // QEMU runs with -no-reboot: the guest's reboot(2) ends it.
     node.wait_exit()?;
-    disk.extract(&var, &var_copy)?;
-    let fsck = Command::new("e2fsck")
-        .args(["-n", "-f"])
-        .arg(&var_copy)
-        .output()?;
-    assert!(
-        fsck.status.success(),
-        "e2fsck -n -f on /var after the reboot: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    disk.check_var_is_clean()?;
     Ok(())
 }

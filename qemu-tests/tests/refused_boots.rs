@@ -1,7 +1,10 @@
-//! Boots that must stop: a tampered root, a missing or wrong `roothash=`.
+//! Boots that must stop: a tampered root, a missing or wrong `roothash=`, an
+//! unmountable state partition.
 //! Each stops with one clear line, powers off, and runs nothing from the root.
 
-use qemu_tests::{find_file_block_in_root, find_uki_roothash, node_init_binary, TestDisk};
+use qemu_tests::{
+    find_file_block_in_root, find_uki_roothash, node_init_binary, part_type, TestDisk,
+};
 
 fn assert_stopped_before_stage2(transcript: &str) {
     assert!(
@@ -66,6 +69,23 @@ fn wrong_roothash_stops_the_boot_with_a_clear_line() -> anyhow::Result<()> {
     let mut node = disk.boot()?;
     let failed = node.expect_line("carapace: boot failed: ")?;
     assert!(failed.contains("not found"), "{failed}");
+    node.wait_exit()?;
+    assert_stopped_before_stage2(&node.transcript);
+    Ok(())
+}
+
+#[test]
+fn unmountable_state_partition_stops_the_boot_with_a_clear_line() -> anyhow::Result<()> {
+    let disk = TestDisk::fresh("bad-var")?;
+    // Zero the ext4 superblock (1 KiB at offset 1024) of the state partition.
+    let var = disk.partition(part_type::VAR, None)?;
+    disk.write_at(var.offset + 1024, &[0u8; 1024])?;
+    let mut node = disk.boot()?;
+    let failed = node.expect_line("carapace: boot failed: ")?;
+    assert!(
+        failed.contains("/sysroot/var") && failed.contains("ext4"),
+        "the line names the state partition's mount: {failed}"
+    );
     node.wait_exit()?;
     assert_stopped_before_stage2(&node.transcript);
     Ok(())

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Builds `bins` of `package` in release mode for the node; returns their paths.
-pub fn build(root: &Path, package: &str, bins: &[&str]) -> Result<Vec<PathBuf>> {
+/// Builds the `(package, binary)` pairs in release mode for the node, in one
+/// cargo invocation; returns the binaries' paths in the same order.
+pub fn build(root: &Path, bins: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut args = vec![
         "build".to_string(),
@@ -15,14 +16,19 @@ pub fn build(root: &Path, package: &str, bins: &[&str]) -> Result<Vec<PathBuf>> 
         "--quiet".into(),
         "--target".into(),
         TARGET.into(),
-        "-p".into(),
-        package.into(),
     ];
-    for b in bins {
+    let mut packages: Vec<&str> = bins.iter().map(|(p, _)| *p).collect();
+    packages.dedup();
+    for p in &packages {
+        args.push("-p".into());
+        args.push(p.to_string());
+    }
+    for (_, b) in bins {
         args.push("--bin".into());
         args.push(b.to_string());
     }
-    eprintln!("binaries: building {} ({})", package, bins.join(", "));
+    let names: Vec<&str> = bins.iter().map(|(_, b)| *b).collect();
+    eprintln!("binaries: building {}", names.join(", "));
     // An explicit --target keeps these flags away from build scripts and from
     // the host build in target/debug, so neither rebuilds the other.
     duct::cmd(&cargo, &args)
@@ -32,8 +38,8 @@ pub fn build(root: &Path, package: &str, bins: &[&str]) -> Result<Vec<PathBuf>> 
             "-C target-feature=+crt-static",
         )
         .run()
-        .with_context(|| format!("building {package} for the node failed"))?;
-    Ok(bins
+        .with_context(|| format!("building {} for the node failed", names.join(", ")))?;
+    Ok(names
         .iter()
         .map(|b| root.join("target").join(TARGET).join("release").join(b))
         .collect())

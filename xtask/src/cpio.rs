@@ -89,27 +89,9 @@ pub fn archive(entries: &[Entry<'_>]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
-    fn cpio_tool_lists_what_we_wrote() {
-        let bytes = archive(&[
-            Entry::Dir {
-                path: "dev",
-                mode: 0o755,
-            },
-            Entry::CharDev {
-                path: "dev/console",
-                mode: 0o600,
-                major: 5,
-                minor: 1,
-            },
-            Entry::File {
-                path: "init",
-                mode: 0o755,
-                data: b"#!hello\n",
-            },
-        ]);
+    fn cpio_tool_lists_the_initrd_we_write() {
+        let bytes = crate::image::initrd_archive(b"#!hello\n");
         assert!(bytes.len().is_multiple_of(4));
         let dir = std::env::temp_dir().join(format!("cpio-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -122,21 +104,25 @@ mod tests {
             .read()
             .expect("cpio lists the archive");
         std::fs::remove_dir_all(&dir).ok();
-        let lines: Vec<&str> = listing.lines().collect();
-        assert_eq!(lines.len(), 3, "{listing}");
+        let line = |name: &str| {
+            listing
+                .lines()
+                .find(|l| l.ends_with(&format!(" {name}")))
+                .unwrap_or_else(|| panic!("{name} missing from:\n{listing}"))
+                .to_string()
+        };
+        assert_eq!(listing.lines().count(), 9, "{listing}");
+        assert!(line("dev").starts_with('d'), "{listing}");
+        let console = line("dev/console");
         assert!(
-            lines[0].starts_with('d') && lines[0].ends_with(" dev"),
+            console.starts_with("crw-------") && console.contains("5,"),
             "{listing}"
         );
+        assert!(line("init").starts_with("-rwxr-xr-x"), "{listing}");
         assert!(
-            lines[1].starts_with("crw-------")
-                && lines[1].contains("5,")
-                && lines[1].ends_with("dev/console"),
+            line("etc/initrd-release").starts_with("-rw-r--r--"),
             "{listing}"
         );
-        assert!(
-            lines[2].starts_with("-rwxr-xr-x") && lines[2].ends_with(" init"),
-            "{listing}"
-        );
+        assert!(line("sysroot").starts_with('d'), "{listing}");
     }
 }

@@ -32,14 +32,24 @@ pub const IMAGE_TOOLS: &[&str] = &[
     "zstd",
 ];
 
-fn installed(pkg: &str) -> bool {
-    duct::cmd!("dpkg-query", "-W", "-f=${Status}", pkg)
+/// The packages of `pkgs` that are not installed, asked of dpkg in one call.
+fn missing<'a>(pkgs: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["-W".to_string(), "-f=${Package}\t${Status}\n".to_string()];
+    args.extend(pkgs.iter().map(|p| p.to_string()));
+    // dpkg-query exits non-zero when some package is unknown; its output
+    // still lists the known ones.
+    let listing = duct::cmd("dpkg-query", &args)
         .stderr_null()
         .stdout_capture()
         .unchecked()
-        .run()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false)
+        .read()
+        .unwrap_or_default();
+    let ok: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.ends_with("install ok installed"))
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    pkgs.iter().copied().filter(|p| !ok.contains(p)).collect()
 }
 
 fn is_root() -> bool {
@@ -59,21 +69,21 @@ fn apt_update() -> Result<()> {
 
 /// Installs whichever of `pkgs` is missing (from the stable suite).
 pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
-    install(pkgs, None)
+    install(&missing(pkgs), None)
 }
 
-/// Installs whichever of `pkgs` is missing, preferring bookworm-backports.
+/// Installs whichever of `pkgs` is missing, preferring bookworm-backports;
+/// an installed mkosi older than 24 counts as missing.
 pub fn ensure_backports_packages(pkgs: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
-    if missing.is_empty() && mkosi_is_new_enough() {
+    let mut todo = missing(pkgs);
+    if pkgs.contains(&"mkosi") && !todo.contains(&"mkosi") && !mkosi_is_new_enough() {
+        todo.push("mkosi");
+    }
+    if todo.is_empty() {
         return Ok(());
     }
     ensure_backports_suite()?;
-    install_from_backports(pkgs)
-}
-
-fn install_from_backports(pkgs: &[&str]) -> Result<()> {
-    install(pkgs, Some("bookworm-backports"))
+    install(&todo, Some("bookworm-backports"))
 }
 
 fn mkosi_is_new_enough() -> bool {
@@ -93,16 +103,15 @@ fn mkosi_is_new_enough() -> bool {
         .is_some_and(|major| major >= 24)
 }
 
+/// Installs `pkgs` (all known to be missing) with apt.
 fn install(pkgs: &[&str], suite: Option<&str>) -> Result<()> {
-    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
-    let upgrade_mkosi = suite.is_some() && pkgs.contains(&"mkosi") && !mkosi_is_new_enough();
-    if missing.is_empty() && !upgrade_mkosi {
+    if pkgs.is_empty() {
         return Ok(());
     }
     if !is_root() {
         bail!(
             "missing host packages: {} (run as root to have them installed, or install them yourself{})",
-            missing.join(" "),
+            pkgs.join(" "),
             suite.map(|s| format!(" from {s}")).unwrap_or_default()
         );
     }
@@ -302,6 +311,15 @@ pub fn ensure_backports_suite() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_names_exactly_the_uninstalled_packages() {
+        // dpkg itself is on every Debian host; the other name is on none.
+        assert_eq!(
+            missing(&["dpkg", "carapace-no-such-package"]),
+            vec!["carapace-no-such-package"]
+        );
+    }
 
     #[test]
     fn reads_deb822_stanzas() {

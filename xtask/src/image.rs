@@ -38,7 +38,16 @@ pub fn version() -> String {
     std::env::var("CARAPACE_VERSION").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string())
 }
 
-const TEST_BINS: &[&str] = &["carapace-test-checker", "carapace-test-crasher"];
+/// The binaries of every image, carapace-init first: (package, binary).
+const NODE_BINS: &[(&str, &str)] = &[
+    ("carapace-init", "carapace-init"),
+    ("carapace-api", "carapace-api"),
+];
+/// The guest-side probes only the test image carries.
+const TEST_BINS: &[(&str, &str)] = &[
+    ("qemu-tests", "carapace-test-checker"),
+    ("qemu-tests", "carapace-test-crasher"),
+];
 
 /// Builds (or reuses) the image of `variant`.
 pub fn build(root: &Path, variant: Variant) -> Result<Image> {
@@ -50,13 +59,13 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     let out_dir = vdir.join("out");
     let disk = out_dir.join("carapace.raw");
 
-    let init = binaries::build(root, "carapace-init", &["carapace-init"])?;
-    let init = &init[0];
-    let agents = binaries::build(root, "carapace-api", &["carapace-api"])?;
-    let test_bins = match variant {
-        Variant::Test => binaries::build(root, "qemu-tests", TEST_BINS)?,
-        Variant::Release => Vec::new(),
-    };
+    let mut wanted = NODE_BINS.to_vec();
+    if variant == Variant::Test {
+        wanted.extend_from_slice(TEST_BINS);
+    }
+    let built = binaries::build(root, &wanted)?;
+    let (node_bins, test_bins) = built.split_at(NODE_BINS.len());
+    let init = &node_bins[0];
 
     // Stage the extra tree.
     let tree = vdir.join("tree");
@@ -66,8 +75,7 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     }
     let lib = tree.join("usr/lib/carapace");
     std::fs::create_dir_all(&lib)?;
-    copy_exec(init, &lib.join("carapace-init"))?;
-    for bin in &agents {
+    for bin in node_bins {
         let name = bin.file_name().context("binary has a name")?;
         copy_exec(bin, &lib.join(name))?;
     }
@@ -79,7 +87,7 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
         .with_context(|| format!("cannot copy image/{manifest}"))?;
     if !test_bins.is_empty() {
         std::fs::create_dir_all(lib.join("test"))?;
-        for bin in &test_bins {
+        for bin in test_bins {
             let name = bin.file_name().context("binary has a name")?;
             copy_exec(bin, &lib.join("test").join(name))?;
         }

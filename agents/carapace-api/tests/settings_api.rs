@@ -58,6 +58,9 @@ impl NodeOps for FakeNode {
     }
 }
 
+/// The API token the tests set.
+const TOKEN: &str = "0123456789abcdef";
+
 struct Fixture {
     dir: PathBuf,
     state: AppState,
@@ -117,6 +120,16 @@ impl Fixture {
             serde_json::from_slice(&bytes).expect("JSON body")
         };
         (status, value)
+    }
+
+    async fn remote(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        self.call(Access::Remote, method, uri, body, token).await
     }
 
     async fn local(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -238,40 +251,25 @@ async fn remote_callers_need_the_right_token() {
     let f = Fixture::new("token", Settings::default());
     // No token set yet: remote access is refused outright.
     let (s, _) = f
-        .call(
-            Access::Remote,
-            Method::GET,
-            "/v1/settings",
-            None,
-            Some("0123456789abcdef"),
-        )
+        .remote(Method::GET, "/v1/settings", None, Some(TOKEN))
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     f.local(
         Method::PATCH,
         "/v1/settings",
-        Some(json!({ "api": { "token": "0123456789abcdef" } })),
+        Some(json!({ "api": { "token": TOKEN } })),
     )
     .await;
     f.local(Method::POST, "/v1/settings/commit", None).await;
 
     let (s, _) = f
-        .call(
-            Access::Remote,
-            Method::GET,
-            "/v1/settings",
-            None,
-            Some("0123456789abcdef"),
-        )
+        .remote(Method::GET, "/v1/settings", None, Some(TOKEN))
         .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = f
-        .call(Access::Remote, Method::GET, "/v1/settings", None, None)
-        .await;
+    let (s, _) = f.remote(Method::GET, "/v1/settings", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, _) = f
-        .call(
-            Access::Remote,
+        .remote(
             Method::PATCH,
             "/v1/settings",
             Some(json!({ "hostname": "evil" })),
@@ -302,8 +300,7 @@ async fn status_and_power_requests() {
     let (s, _) = f.local(Method::POST, "/v1/power/poweroff", None).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let (s, _) = f
-        .call(
-            Access::Remote,
+        .remote(
             Method::POST,
             "/v1/power/reboot",
             None,
