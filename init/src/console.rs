@@ -4,8 +4,10 @@
 use std::io::Write;
 
 /// Writes `carapace: <msg>` as one line to standard output (the console).
+/// In stage 2 the line is kept in the `init` log file as well.
 pub fn say(msg: &str) {
     write_line(&format!("carapace: {msg}\n"));
+    crate::logs::append(crate::logs::INIT, msg);
 }
 
 /// Writes a raw, already formatted line (the caller adds the newline).

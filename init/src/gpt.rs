@@ -10,9 +10,13 @@
 //! disk whose primary table is damaged is refused, not repaired from the
 //! backup, because a root disk that does not match what was built is no disk
 //! to boot from.
+//!
+//! The one writer is [`set_partition_identity`], for the update daemon: it
+//! checks both copies of the table and changes one entry's partition UUID
+//! and name in each, backup first.
 
 use std::fmt;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 
 /// A GUID in canonical byte order: `bytes[0]` is the first two hex digits of
 /// the printed form.
@@ -426,6 +430,342 @@ pub fn partitions_by_type(
     parts.iter().filter(move |p| p.type_guid == type_guid)
 }
 
+/// The most UTF-16 code units a partition name holds (72 bytes).
+pub const MAX_NAME_UNITS: usize = 36;
+
+/// Why a partition's identity was not changed. Every error but
+/// [`IdentityError::Write`] and [`IdentityError::ReadBack`] is found
+/// before anything is written.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("sector size {0} is not one of 512 or 4096")]
+    SectorSize(u64),
+    #[error(
+        "partition name {name:?} is {units} UTF-16 code units, a GPT entry holds {MAX_NAME_UNITS}"
+    )]
+    NameTooLong { name: String, units: usize },
+    #[error("partition name {name:?} contains {character:?}, which a GPT name (UCS-2, NUL-terminated) cannot hold")]
+    NameChar { name: String, character: char },
+    #[error("the nil GUID is not a partition UUID")]
+    NilGuid,
+    #[error("primary GPT: {0}")]
+    Primary(GptError),
+    #[error("backup GPT: {0}")]
+    Backup(GptError),
+    #[error("backup GPT header at LBA {lba} says it sits at LBA {says}")]
+    BackupLba { lba: u64, says: u64 },
+    #[error("backup GPT header disagrees with the primary about {0}")]
+    Mismatch(&'static str),
+    #[error("the primary and backup GPT entry arrays differ")]
+    EntriesDiffer,
+    #[error("GPT has no entry {number}: it has {count}")]
+    NoEntry { number: u32, count: u32 },
+    #[error("GPT entry {0} is unused")]
+    Unused(u32),
+    #[error("partition UUID {guid} already belongs to partition {number}")]
+    DuplicateGuid { guid: Guid, number: u32 },
+    #[error("cannot write {len} bytes at offset {offset}: {reason}")]
+    Write {
+        offset: u64,
+        len: usize,
+        reason: String,
+    },
+    #[error("the GPT read back after writing is not what was written: {0}")]
+    ReadBack(String),
+}
+
+/// `name` as a GPT entry's name field: UTF-16LE, NUL-padded to 72 bytes.
+/// The UEFI specification makes the field UCS-2: a character outside the
+/// Basic Multilingual Plane (which would need a surrogate pair, and which
+/// sfdisk refuses to write) is refused, and so is NUL, which ends a name.
+pub fn encode_name(name: &str) -> Result<[u8; 2 * MAX_NAME_UNITS], IdentityError> {
+    if let Some(character) = name.chars().find(|&c| c == '\0' || u32::from(c) > 0xffff) {
+        return Err(IdentityError::NameChar {
+            name: name.to_string(),
+            character,
+        });
+    }
+    let units: Vec<u16> = name.encode_utf16().collect();
+    if units.len() > MAX_NAME_UNITS {
+        return Err(IdentityError::NameTooLong {
+            name: name.to_string(),
+            units: units.len(),
+        });
+    }
+    let mut out = [0u8; 2 * MAX_NAME_UNITS];
+    for (slot, unit) in out.chunks_exact_mut(2).zip(units) {
+        slot.copy_from_slice(&unit.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// Parses and checks a GPT header found at `lba`: the checks of
+/// [`Header::parse`] for a header that may be the primary or the backup,
+/// plus that its entry array lies outside the usable area and clear of the
+/// header (it is about to be written). A header that says it sits
+/// elsewhere than `lba` is [`GptError::NotPrimary`].
+fn parse_header_at(sector: &[u8], sector_size: usize, lba: u64) -> Result<Header, GptError> {
+    if sector.len() < sector_size {
+        return Err(GptError::Truncated {
+            what: "the GPT header",
+            len: sector.len(),
+            need: sector_size,
+        });
+    }
+    if &sector[0..8] != SIGNATURE {
+        return Err(GptError::NoSignature);
+    }
+    let size = le32(sector, 12);
+    if !(92..=sector_size as u32).contains(&size) {
+        return Err(GptError::HeaderSize(size));
+    }
+    let stored = le32(sector, 16);
+    let mut copy = sector[..size as usize].to_vec();
+    copy[16..20].fill(0);
+    let computed = crc32(&copy);
+    if stored != computed {
+        return Err(GptError::HeaderCrc { stored, computed });
+    }
+    let my_lba = le64(sector, 24);
+    if my_lba != lba {
+        // For the backup, the caller says which copy this is.
+        return Err(GptError::NotPrimary(my_lba));
+    }
+    let header = Header {
+        sector_size,
+        alternate_lba: le64(sector, 32),
+        first_usable_lba: le64(sector, 40),
+        last_usable_lba: le64(sector, 48),
+        disk_guid: guid_at(sector, 56),
+        entries_lba: le64(sector, 72),
+        entry_count: le32(sector, 80),
+        entry_size: le32(sector, 84),
+        entries_crc: le32(sector, 88),
+    };
+    if header.first_usable_lba > header.last_usable_lba {
+        return Err(GptError::UsableArea {
+            first: header.first_usable_lba,
+            last: header.last_usable_lba,
+        });
+    }
+    let es = header.entry_size;
+    if es < 128 || !es.is_power_of_two() || es > 4096 {
+        return Err(GptError::EntrySize(es));
+    }
+    if header.entry_count > MAX_ENTRIES {
+        return Err(GptError::TooManyEntries(header.entry_count));
+    }
+    // The array, in whole sectors, must sit between the header and the
+    // usable area (primary) or between the usable area and the header
+    // (backup), never over a partition.
+    let (_, len) = header.entries_span();
+    let array_sectors = (len as u64).div_ceil(sector_size as u64);
+    let first = header.entries_lba;
+    let last = first.saturating_add(array_sectors).saturating_sub(1);
+    let before_usable = first > my_lba && last < header.first_usable_lba;
+    let after_usable = first > header.last_usable_lba && last < my_lba;
+    if first < 2 || !(before_usable || after_usable) {
+        return Err(GptError::EntriesLba(first));
+    }
+    Ok(header)
+}
+
+fn write_at<W: Write + Seek>(dev: &mut W, offset: u64, bytes: &[u8]) -> Result<(), IdentityError> {
+    let fail = |e: std::io::Error| IdentityError::Write {
+        offset,
+        len: bytes.len(),
+        reason: e.to_string(),
+    };
+    dev.seek(SeekFrom::Start(offset)).map_err(fail)?;
+    dev.write_all(bytes).map_err(fail)?;
+    dev.flush().map_err(fail)
+}
+
+/// One copy of the table as read: header sector, header, entry array.
+struct TableCopy {
+    lba: u64,
+    sector: Vec<u8>,
+    header: Header,
+    entries: Vec<u8>,
+}
+
+impl TableCopy {
+    /// Reads and checks the copy whose header is at `lba`.
+    fn read<D: Read + Seek>(
+        disk: &mut D,
+        sector_size: usize,
+        lba: u64,
+    ) -> Result<TableCopy, GptError> {
+        let sector = read_at(disk, lba.saturating_mul(sector_size as u64), sector_size)?;
+        let header = parse_header_at(&sector, sector_size, lba)?;
+        let (offset, len) = header.entries_span();
+        let entries = read_at(disk, offset, len)?;
+        // Checks the array's CRC and every used entry's extent.
+        header.partitions(&entries)?;
+        Ok(TableCopy {
+            lba,
+            sector,
+            header,
+            entries,
+        })
+    }
+
+    /// Writes `entry` (the new bytes of entry `index`, 0-based) into this
+    /// copy: the entry, then the header with the new array CRC.
+    fn write<D: Write + Seek>(
+        &self,
+        disk: &mut D,
+        index: usize,
+        entry: &[u8],
+        entries_crc: u32,
+    ) -> Result<(), IdentityError> {
+        let (offset, _) = self.header.entries_span();
+        let at = offset + (index as u64) * u64::from(self.header.entry_size);
+        write_at(disk, at, entry)?;
+        let mut sector = self.sector.clone();
+        let size = le32(&sector, 12) as usize;
+        sector[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+        sector[16..20].fill(0);
+        let crc = crc32(&sector[..size]);
+        sector[16..20].copy_from_slice(&crc.to_le_bytes());
+        write_at(
+            disk,
+            self.lba.saturating_mul(self.header.sector_size as u64),
+            &sector,
+        )
+    }
+}
+
+/// Gives partition `number` (1-based, as in [`Partition::number`]) the
+/// partition UUID `unique_guid` and the name `name`, in both the primary
+/// and the backup GPT of `disk`, a disk with `sector_size`-byte logical
+/// sectors (512 or 4096), with every CRC recomputed. Nothing else changes.
+///
+/// Refused before anything is written: a name of more than 36 UTF-16 code
+/// units or with a character a GPT name cannot hold (see [`encode_name`]),
+/// the nil GUID, a GUID another partition already has
+/// (two partitions with one PARTUUID make `root=PARTUUID=` ambiguous), a
+/// missing or unused entry, and a table that is not sound: either header
+/// or entry array corrupt (bad CRC, inconsistent fields), the two headers
+/// disagreeing, or the two arrays differing. Such a disk is not repaired
+/// from its good half here: that is a decision for a person, not for an
+/// update.
+///
+/// Order of the writes: the backup copy first (its entry, then its header),
+/// then the primary copy (entry, header), each write followed by `flush`.
+/// - Within a copy, the header comes last: the header's CRC covers the
+///   array's CRC, so a copy cut between the two reads as corrupt rather
+///   than as a valid table with the wrong content.
+/// - The backup goes first because the primary is what everything reads
+///   first, and the only copy our own stage 1 reads: while the backup is
+///   being rewritten, the primary still holds the old, valid table, so a
+///   power cut then leaves the disk booting as before (the firmware and the
+///   kernel repair or ignore a bad backup). A cut after the backup and
+///   before the primary leaves two valid tables, the old one first, and
+///   the call can simply be repeated. Only a cut in the middle of the
+///   primary's two small writes leaves a corrupt primary; the backup then
+///   holds the complete new table for the kernel, and for restoring the
+///   primary (our stage 1, which reads only the primary, refuses the disk
+///   until then rather than guess).
+/// - `flush` is the barrier between the steps only if it reaches the
+///   device: on a `std::fs::File` it does nothing, so open the disk with
+///   `O_DSYNC` (`OpenOptionsExt::custom_flags`) for the order to hold
+///   across a power cut, and sync it afterwards in any case.
+///
+/// After writing, both copies are read back and checked.
+pub fn set_partition_identity<D: Read + Write + Seek>(
+    disk: &mut D,
+    sector_size: u64,
+    number: u32,
+    unique_guid: Guid,
+    name: &str,
+) -> Result<(), IdentityError> {
+    let ss = match sector_size {
+        512 => 512usize,
+        4096 => 4096usize,
+        _ => return Err(IdentityError::SectorSize(sector_size)),
+    };
+    let name_field = encode_name(name)?;
+    if unique_guid == Guid([0; 16]) {
+        return Err(IdentityError::NilGuid);
+    }
+
+    let primary = TableCopy::read(disk, ss, 1).map_err(IdentityError::Primary)?;
+    let backup_lba = primary.header.alternate_lba;
+    if backup_lba <= primary.header.last_usable_lba {
+        return Err(IdentityError::Mismatch("where the backup header is"));
+    }
+    let backup = TableCopy::read(disk, ss, backup_lba).map_err(|e| match e {
+        GptError::NotPrimary(says) => IdentityError::BackupLba {
+            lba: backup_lba,
+            says,
+        },
+        e => IdentityError::Backup(e),
+    })?;
+    let (p, b) = (&primary.header, &backup.header);
+    for (differs, what) in [
+        (b.alternate_lba != 1, "where the primary header is"),
+        (p.disk_guid != b.disk_guid, "the disk GUID"),
+        (
+            p.first_usable_lba != b.first_usable_lba,
+            "the first usable LBA",
+        ),
+        (
+            p.last_usable_lba != b.last_usable_lba,
+            "the last usable LBA",
+        ),
+        (p.entry_count != b.entry_count, "the number of entries"),
+        (p.entry_size != b.entry_size, "the entry size"),
+    ] {
+        if differs {
+            return Err(IdentityError::Mismatch(what));
+        }
+    }
+    if primary.entries != backup.entries {
+        return Err(IdentityError::EntriesDiffer);
+    }
+
+    if number == 0 || number > p.entry_count {
+        return Err(IdentityError::NoEntry {
+            number,
+            count: p.entry_count,
+        });
+    }
+    let index = (number - 1) as usize;
+    let size = p.entry_size as usize;
+    for (i, e) in primary.entries.chunks_exact(size).enumerate() {
+        if i != index && e[0..16] != [0u8; 16] && guid_at(e, 16) == unique_guid {
+            return Err(IdentityError::DuplicateGuid {
+                guid: unique_guid,
+                number: i as u32 + 1,
+            });
+        }
+    }
+    let mut entries = primary.entries.clone();
+    let entry = &mut entries[index * size..(index + 1) * size];
+    if entry[0..16] == [0u8; 16] {
+        return Err(IdentityError::Unused(number));
+    }
+    entry[16..32].copy_from_slice(&unique_guid.to_gpt_bytes());
+    entry[56..128].copy_from_slice(&name_field);
+    let entry = entry.to_vec();
+    let entries_crc = crc32(&entries);
+
+    backup.write(disk, index, &entry, entries_crc)?;
+    primary.write(disk, index, &entry, entries_crc)?;
+
+    // Read both copies back: what a reader will now see.
+    let check = |copy: Result<TableCopy, GptError>, which: &str| -> Result<(), IdentityError> {
+        let copy = copy.map_err(|e| IdentityError::ReadBack(format!("{which}: {e}")))?;
+        if copy.entries != entries {
+            return Err(IdentityError::ReadBack(format!("{which}: entries differ")));
+        }
+        Ok(())
+    };
+    check(TableCopy::read(disk, ss, 1), "primary")?;
+    check(TableCopy::read(disk, ss, backup_lba), "backup")
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -705,4 +1045,480 @@ pub(crate) mod tests {
             assert_eq!(Guid::parse(bad), None, "{bad}");
         }
     }
+}
+
+/// [`set_partition_identity`] against disks that sfdisk made and checks.
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use std::io::Cursor;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A file under the temp dir, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str) -> TempFile {
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            TempFile(std::env::temp_dir().join(format!(
+                "carapace-gpt-{}-{name}-{n}.img",
+                std::process::id()
+            )))
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// The sfdisk binary; missing is a failure, never a skip.
+    fn sfdisk() -> PathBuf {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        ["/usr/sbin", "/sbin"]
+            .iter()
+            .map(PathBuf::from)
+            .chain(std::env::split_paths(&path))
+            .map(|dir| dir.join("sfdisk"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "sfdisk not found in /usr/sbin, /sbin or PATH: install util-linux's sfdisk \
+                     (Debian package fdisk); the GPT writing tests check with it"
+                )
+            })
+    }
+
+    const SCRIPT: &str = "label: gpt
+label-id: 0C7E5C0E-0D6F-4B1E-9A36-91A6F1B3C2A1
+start=2048, size=4096, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=11111111-2222-4333-8444-555555555501, name=\"esp\"
+size=8192, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=11111111-2222-4333-8444-555555555502, name=\"root-a\"
+size=2048, type=2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5, uuid=11111111-2222-4333-8444-555555555503, name=\"root-a-verity\"
+size=8192, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=11111111-2222-4333-8444-555555555504, name=\"root-b\"
+size=2048, type=2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5, uuid=11111111-2222-4333-8444-555555555505, name=\"root-b-verity\"
+type=4D21B016-B534-45C2-A9FB-5C16E091FD2D, uuid=11111111-2222-4333-8444-555555555506, name=\"var\"
+";
+
+    /// A 16 MiB disk image with 512-byte sectors, partitioned by sfdisk.
+    fn make_disk() -> TempFile {
+        let disk = TempFile::new("disk");
+        std::fs::File::create(&disk.0)
+            .and_then(|f| f.set_len(16 << 20))
+            .expect("disk file");
+        let mut child = Command::new(sfdisk())
+            .args(["--no-reread", "--no-tell-kernel", "--quiet"])
+            .arg(&disk.0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs sfdisk");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), SCRIPT.as_bytes())
+            .expect("script");
+        let out = child.wait_with_output().expect("sfdisk");
+        assert!(
+            out.status.success(),
+            "sfdisk failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        disk
+    }
+
+    /// `sfdisk --json`: the partitions as (uuid, name), by number.
+    fn sfdisk_identities(disk: &Path) -> Vec<(String, String)> {
+        let out = Command::new(sfdisk())
+            .arg("--json")
+            .arg(disk)
+            .output()
+            .expect("runs sfdisk");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let parts = json["partitiontable"]["partitions"]
+            .as_array()
+            .expect("partitions");
+        parts
+            .iter()
+            .map(|p| {
+                (
+                    p["uuid"].as_str().expect("uuid").to_string(),
+                    p["name"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// `sfdisk --verify` finds nothing wrong, on either copy.
+    fn sfdisk_verifies(disk: &Path) {
+        let out = Command::new(sfdisk())
+            .arg("--verify")
+            .arg(disk)
+            .output()
+            .expect("runs sfdisk");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(stdout.contains("No errors detected."), "{stdout}{stderr}");
+        // A corrupt copy is only mentioned on stderr.
+        assert!(stderr.trim().is_empty(), "{stderr}");
+    }
+
+    /// Both copies, read and checked by this module: (primary header,
+    /// partitions, backup header, primary array, backup array).
+    fn both_copies(disk: &[u8], ss: usize) -> (Header, Vec<Partition>, Header, Vec<u8>, Vec<u8>) {
+        let mut dev = Cursor::new(disk);
+        let (header, parts) = read(&mut dev, ss).expect("primary");
+        let primary = TableCopy::read(&mut dev, ss, 1).expect("primary copy");
+        let backup = TableCopy::read(&mut dev, ss, header.alternate_lba).expect("backup copy");
+        assert_eq!(backup.header.partitions(&backup.entries), Ok(parts.clone()));
+        (
+            header,
+            parts,
+            backup.header,
+            primary.entries,
+            backup.entries,
+        )
+    }
+
+    fn set(disk: &Path, number: u32, guid: Guid, name: &str) -> Result<(), IdentityError> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk)
+            .expect("open disk");
+        set_partition_identity(&mut f, 512, number, guid, name)
+    }
+
+    #[test]
+    fn one_entry_changes_in_both_copies_and_sfdisk_agrees() {
+        let disk = make_disk();
+        let before = std::fs::read(&disk.0).expect("read");
+        sfdisk_verifies(&disk.0);
+        let listed_before = sfdisk_identities(&disk.0);
+        let (header, parts_before, ..) = both_copies(&before, 512);
+
+        let guid = Guid::parse("a1b2c3d4-e5f6-4711-8899-aabbccddeeff").expect("guid");
+        let name = "carapace_2.0.0 ä€ 36 units long.....";
+        assert_eq!(name.encode_utf16().count(), 36);
+        set(&disk.0, 4, guid, name).expect("set");
+        let after = std::fs::read(&disk.0).expect("read");
+
+        // sfdisk: no errors, and only #4's identity is new.
+        sfdisk_verifies(&disk.0);
+        let listed = sfdisk_identities(&disk.0);
+        let mut expected = listed_before.clone();
+        expected[3] = (
+            "A1B2C3D4-E5F6-4711-8899-AABBCCDDEEFF".to_string(),
+            name.to_string(),
+        );
+        assert_eq!(listed, expected);
+
+        // Our reader: both copies valid and equal, only #4 changed.
+        let (header_after, parts, backup, primary_entries, backup_entries) =
+            both_copies(&after, 512);
+        assert_eq!(primary_entries, backup_entries);
+        assert_eq!(
+            Header {
+                entries_crc: header_after.entries_crc,
+                ..header.clone()
+            },
+            header_after
+        );
+        assert_ne!(header.entries_crc, header_after.entries_crc);
+        assert_eq!(backup.entries_crc, header_after.entries_crc);
+        let mut want = parts_before.clone();
+        want[3].unique_guid = guid;
+        want[3].name = name.to_string();
+        assert_eq!(parts, want);
+
+        // Byte for byte, only the two headers and the two copies of entry 4 changed.
+        let backup_entry = (backup.entries_lba * 512 + 3 * 128) as usize;
+        let changed = |at: usize| {
+            (512..1024).contains(&at)
+                || (1024 + 3 * 128..1024 + 4 * 128).contains(&at)
+                || (backup_entry..backup_entry + 128).contains(&at)
+                || at >= before.len() - 512
+        };
+        for (at, (a, b)) in before.iter().zip(&after).enumerate() {
+            assert!(a == b || changed(at), "byte {at} changed");
+        }
+        assert_eq!(before.len(), after.len());
+
+        // Again, on another entry, with an empty name.
+        let other = Guid([0x42; 16]);
+        set(&disk.0, 1, other, "").expect("set");
+        sfdisk_verifies(&disk.0);
+        expected[0] = (other.to_string().to_uppercase(), String::new());
+        assert_eq!(sfdisk_identities(&disk.0), expected);
+        // Setting the identity an entry already has is allowed and changes nothing.
+        let now = std::fs::read(&disk.0).expect("read");
+        set(&disk.0, 1, other, "").expect("set");
+        assert_eq!(std::fs::read(&disk.0).expect("read"), now);
+    }
+
+    /// Runs `set_partition_identity` on a copy of `disk` and checks that it
+    /// fails with `error` and writes nothing.
+    fn refused(disk: &[u8], number: u32, guid: Guid, name: &str, error: IdentityError) {
+        let mut dev = Cursor::new(disk.to_vec());
+        let got = set_partition_identity(&mut dev, 512, number, guid, name);
+        assert_eq!(got, Err(error));
+        assert!(dev.into_inner() == disk, "nothing may be written");
+    }
+
+    /// `disk` with the header at `lba` edited and its CRC fixed.
+    fn edit_header(disk: &[u8], lba: usize, edit: impl Fn(&mut [u8])) -> Vec<u8> {
+        let mut disk = disk.to_vec();
+        let hdr = &mut disk[lba * 512..lba * 512 + 92];
+        edit(hdr);
+        hdr[16..20].fill(0);
+        let crc = crc32(hdr);
+        hdr[16..20].copy_from_slice(&crc.to_le_bytes());
+        disk
+    }
+
+    #[test]
+    fn a_corrupt_or_inconsistent_table_is_refused_and_nothing_is_written() {
+        let disk = make_disk();
+        let good = std::fs::read(&disk.0).expect("read");
+        let last = good.len() / 512 - 1;
+        let backup_entries = (last - 32) * 512;
+        let g = Guid([0x77; 16]);
+        let flip = |at: usize| {
+            let mut d = good.clone();
+            d[at] ^= 0x01;
+            d
+        };
+        type Expected = fn(&IdentityError) -> bool;
+        let cases: Vec<(Vec<u8>, Expected, &str)> = vec![
+            (
+                flip(512 + 60),
+                |e| matches!(e, IdentityError::Primary(GptError::HeaderCrc { .. })),
+                "primary header",
+            ),
+            (
+                flip(1024 + 128 + 60),
+                |e| matches!(e, IdentityError::Primary(GptError::EntriesCrc { .. })),
+                "primary entries",
+            ),
+            (
+                flip(last * 512 + 60),
+                |e| matches!(e, IdentityError::Backup(GptError::HeaderCrc { .. })),
+                "backup header",
+            ),
+            (
+                flip(backup_entries + 300),
+                |e| matches!(e, IdentityError::Backup(GptError::EntriesCrc { .. })),
+                "backup entries",
+            ),
+            (
+                flip(last * 512),
+                |e| matches!(e, IdentityError::Backup(GptError::NoSignature)),
+                "backup signature",
+            ),
+            (
+                edit_header(&good, last, |h| {
+                    h[40..48].copy_from_slice(&34u64.to_le_bytes())
+                }),
+                |e| *e == IdentityError::Mismatch("the first usable LBA"),
+                "backup geometry",
+            ),
+            (
+                edit_header(&good, last, |h| {
+                    h[24..32].copy_from_slice(&5u64.to_le_bytes())
+                }),
+                |e| matches!(e, IdentityError::BackupLba { says: 5, .. }),
+                "backup position",
+            ),
+            (
+                edit_header(&good, 1, |h| {
+                    h[72..80].copy_from_slice(&3000u64.to_le_bytes())
+                }),
+                |e| *e == IdentityError::Primary(GptError::EntriesLba(3000)),
+                "primary array inside the usable area",
+            ),
+        ];
+        for (bad, is_expected, what) in cases {
+            let mut dev = Cursor::new(bad.clone());
+            let got = set_partition_identity(&mut dev, 512, 2, g, "x");
+            let err = got.expect_err(what);
+            assert!(is_expected(&err), "{what}: {err}");
+            assert!(dev.into_inner() == bad, "{what}: nothing may be written");
+        }
+
+        // Both arrays valid, each with its own header CRC, but different.
+        let mut differ = good.clone();
+        differ[backup_entries + 56] ^= 0x20; // the name of entry 1 in the backup
+        let crc = crc32(&differ[backup_entries..backup_entries + 128 * 128]);
+        let differ = edit_header(&differ, last, |h| {
+            h[88..92].copy_from_slice(&crc.to_le_bytes())
+        });
+        refused(&differ, 2, g, "x", IdentityError::EntriesDiffer);
+
+        // The file on disk is refused the same way, untouched.
+        std::fs::write(&disk.0, flip(512 + 60)).expect("write");
+        assert!(matches!(
+            set(&disk.0, 2, g, "x"),
+            Err(IdentityError::Primary(_))
+        ));
+        assert_eq!(std::fs::read(&disk.0).expect("read"), flip(512 + 60));
+    }
+
+    #[test]
+    fn bad_requests_are_refused_and_nothing_is_written() {
+        let disk = make_disk();
+        let good = std::fs::read(&disk.0).expect("read");
+        let g = Guid([0x77; 16]);
+        let long = "a".repeat(37);
+        refused(
+            &good,
+            2,
+            g,
+            &long,
+            IdentityError::NameTooLong {
+                name: long.clone(),
+                units: 37,
+            },
+        );
+        refused(
+            &good,
+            2,
+            g,
+            "a\0b",
+            IdentityError::NameChar {
+                name: "a\0b".into(),
+                character: '\0',
+            },
+        );
+        refused(
+            &good,
+            2,
+            g,
+            "crab 🦀",
+            IdentityError::NameChar {
+                name: "crab 🦀".into(),
+                character: '🦀',
+            },
+        );
+        refused(&good, 2, Guid([0; 16]), "x", IdentityError::NilGuid);
+        let esp = Guid::parse("11111111-2222-4333-8444-555555555501").expect("guid");
+        refused(
+            &good,
+            2,
+            esp,
+            "x",
+            IdentityError::DuplicateGuid {
+                guid: esp,
+                number: 1,
+            },
+        );
+        refused(
+            &good,
+            0,
+            g,
+            "x",
+            IdentityError::NoEntry {
+                number: 0,
+                count: 128,
+            },
+        );
+        refused(
+            &good,
+            129,
+            g,
+            "x",
+            IdentityError::NoEntry {
+                number: 129,
+                count: 128,
+            },
+        );
+        refused(&good, 7, g, "x", IdentityError::Unused(7));
+        let mut dev = Cursor::new(good.clone());
+        assert_eq!(
+            set_partition_identity(&mut dev, 1024, 2, g, "x"),
+            Err(IdentityError::SectorSize(1024))
+        );
+        assert!(dev.into_inner() == good);
+        let msg = IdentityError::NameTooLong {
+            name: long.clone(),
+            units: 37,
+        }
+        .to_string();
+        assert!(
+            msg.contains("37 UTF-16 code units, a GPT entry holds 36"),
+            "{msg}"
+        );
+        // A disk too short to hold its backup.
+        let mut short = Cursor::new(good[..good.len() - 512].to_vec());
+        assert!(matches!(
+            set_partition_identity(&mut short, 512, 2, g, "x"),
+            Err(IdentityError::Backup(GptError::Read { .. }))
+        ));
+    }
+
+    /// A disk with 4096-byte sectors (sfdisk cannot make one in a plain
+    /// file): the systemd-repart fixture's table, completed with the
+    /// backup copy at the end of a sparse file.
+    #[test]
+    fn works_with_4096_byte_sectors() {
+        let header = Header::parse(DISK_4096_HEAD, 4096).expect("header");
+        let file = TempFile::new("disk4k");
+        let size = (header.alternate_lba + 1) * 4096;
+        let mut image = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&file.0)
+            .expect("create");
+        image.set_len(size).expect("size");
+        let (offset, len) = header.entries_span();
+        let entries = DISK_4096_HEAD[offset as usize..offset as usize + len].to_vec();
+        let backup_entries_lba = header.last_usable_lba + 1;
+        let mut backup = DISK_4096_HEAD[4096..8192].to_vec();
+        backup[24..32].copy_from_slice(&header.alternate_lba.to_le_bytes());
+        backup[32..40].copy_from_slice(&1u64.to_le_bytes());
+        backup[72..80].copy_from_slice(&backup_entries_lba.to_le_bytes());
+        backup[16..20].fill(0);
+        let crc = crc32(&backup[..92]);
+        backup[16..20].copy_from_slice(&crc.to_le_bytes());
+        for (at, bytes) in [
+            (0, DISK_4096_HEAD),
+            (backup_entries_lba * 4096, &entries[..]),
+            (header.alternate_lba * 4096, &backup[..]),
+        ] {
+            write_at(&mut image, at, bytes).expect("write");
+        }
+
+        let guid = Guid([0x5a; 16]);
+        set_partition_identity(&mut image, 4096, 3, guid, "root-b-verity").expect("set");
+        let after = std::fs::read(&file.0).expect("read");
+        let (_, parts, _, primary, backup) = both_copies(&after, 4096);
+        assert_eq!(primary, backup);
+        let mut want = parse(DISK_4096_HEAD, 4096).expect("before");
+        want[2].unique_guid = guid;
+        want[2].name = "root-b-verity".into();
+        assert_eq!(parts, want);
+        // Read as 512-byte sectors it is no table, and nothing is written.
+        let mut dev = Cursor::new(after.clone());
+        assert_eq!(
+            set_partition_identity(&mut dev, 512, 3, guid, "x"),
+            Err(IdentityError::Primary(GptError::NoSignature))
+        );
+    }
+
+    const DISK_4096_HEAD: &[u8] = super::tests::DISK_4096;
 }

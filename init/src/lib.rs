@@ -14,11 +14,13 @@
 //! (`dm`, `stage1`, `stage2`, `supervisor`, `shutdown`, `power`) stay thin.
 
 pub mod backoff;
+pub mod boot_file;
 pub mod clock;
 pub mod cmdline;
 pub mod console;
 pub mod dm;
 pub mod gpt;
+pub mod logs;
 pub mod loopback;
 pub mod manifest;
 pub mod power;
@@ -29,6 +31,7 @@ pub mod stage1;
 pub mod stage2;
 pub mod supervisor;
 pub mod verity;
+pub mod verity_tree;
 
 /// Where stage 2 lives on the verified root.
 pub const STAGE2_PATH: &str = "/usr/lib/carapace/carapace-init";

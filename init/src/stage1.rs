@@ -97,6 +97,9 @@ pub struct Located {
     pub hash: Partition,
     /// The state partition (type var), the first one on the disk.
     pub var: Partition,
+    /// Which root slot this is: `a` for the first root partition of the
+    /// disk, `b` for the second.
+    pub slot: char,
 }
 
 impl Located {
@@ -212,13 +215,37 @@ pub fn locate(hash: &RootHash, disks: &[Disk]) -> Result<Located, LocateError> {
         .ok_or_else(|| LocateError::NoVar {
             disk: disk.name.clone(),
         })?;
+    let slot = slot_of(parts, &data);
     Ok(Located {
         disk: disk.name.clone(),
         sector_size: disk.sector_size,
         data,
         hash: hash_part,
         var,
+        slot,
     })
+}
+
+/// The slot letter of root partition `data`: `a` plus the number of root
+/// partitions before it in the table.
+pub fn slot_of(parts: &[Partition], data: &Partition) -> char {
+    let before = parts
+        .iter()
+        .filter(|p| p.type_guid == gpt::types::ROOT_X86_64 && p.number < data.number)
+        .count();
+    (b'a' + before.min(25) as u8) as char
+}
+
+/// The environment stage 1 hands to stage 2: what it booted from.
+pub fn handover(ms: u64, located: &Located, devices: &Devices) -> Vec<(&'static str, String)> {
+    vec![
+        (crate::boot_file::ENV_SLOT, located.slot.to_string()),
+        (crate::boot_file::ENV_DISK, format!("/dev/{}", located.disk)),
+        (crate::boot_file::ENV_ROOT, devices.data.clone()),
+        (crate::boot_file::ENV_VERITY, devices.hash.clone()),
+        (crate::boot_file::ENV_VAR, devices.var.clone()),
+        (crate::boot_file::ENV_STAGE1_MS, ms.to_string()),
+    ]
 }
 
 // ---------------------------------------------------------------------------
@@ -506,12 +533,13 @@ fn boot() -> Result<std::convert::Infallible, Stage1Error> {
     for step in mount_plan(&verity_dev, &devices.var) {
         execute(&step)?;
     }
-    crate::console::say(&stage1_line(
-        crate::clock::ms_since_boot(),
-        &located,
-        &devices,
-        &verity_dev,
-    ));
+    let ms = crate::clock::ms_since_boot();
+    crate::console::say(&stage1_line(ms, &located, &devices, &verity_dev));
+    for (key, value) in handover(ms, &located, &devices) {
+        // Stage 1 runs on this one thread: nothing reads the environment
+        // concurrently. Stage 2 inherits it through the exec.
+        std::env::set_var(key, value);
+    }
     for step in switch_plan() {
         execute(&step)?;
     }
@@ -786,6 +814,25 @@ mod tests {
         assert_eq!(located.var.number, 4);
         assert_eq!(located.bytes(&located.data), 8 << 20);
         assert_eq!(located.bytes(&located.hash), 1 << 20);
+        assert_eq!(located.slot, 'a');
+    }
+
+    #[test]
+    fn the_second_root_partition_is_slot_b() {
+        let disk = disk("vda", 512, DISK_512);
+        let parts = disk.table.expect("table");
+        let root = parts
+            .iter()
+            .find(|p| p.type_guid == gpt::types::ROOT_X86_64)
+            .expect("a root partition")
+            .clone();
+        assert_eq!(slot_of(&parts, &root), 'a');
+        let mut second = root.clone();
+        second.number = root.number + 2;
+        let mut both = parts.clone();
+        both.push(second.clone());
+        assert_eq!(slot_of(&both, &second), 'b');
+        assert_eq!(slot_of(&both, &root), 'a', "the first stays a");
     }
 
     #[test]

@@ -190,16 +190,28 @@ pub fn os_release_value(text: &str, key: &str) -> Option<String> {
 /// `VERSION_ID` for an image that has only that, else "unknown"; the root
 /// hash is "none" when `roothash=` is missing or malformed.
 pub fn ready_line(os_release: Option<&str>, cmdline: Option<&str>, ms: u64) -> String {
-    let version = os_release
+    format!(
+        "ready version={} roothash={} at {ms} ms",
+        version_of(os_release),
+        roothash_of(cmdline)
+    )
+}
+
+/// The version in os-release: `IMAGE_VERSION`, else `VERSION_ID`, else "unknown".
+pub fn version_of(os_release: Option<&str>) -> String {
+    os_release
         .and_then(|t| {
             os_release_value(t, "IMAGE_VERSION").or_else(|| os_release_value(t, "VERSION_ID"))
         })
-        .unwrap_or_else(|| "unknown".into());
-    let roothash = cmdline
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The root hash of the command line in hex, or "none".
+pub fn roothash_of(cmdline: Option<&str>) -> String {
+    cmdline
         .and_then(|c| crate::cmdline::roothash(c).ok())
         .map(|h| h.to_hex())
-        .unwrap_or_else(|| "none".into());
-    format!("ready version={version} roothash={roothash} at {ms} ms")
+        .unwrap_or_else(|| "none".into())
 }
 
 /// The signals that ask PID 1 to end the machine (see the table above).
@@ -252,7 +264,7 @@ fn forward_signal(kind: SignalKind, event: Event, events: &UnboundedSender<Event
 }
 
 /// Starts the services and handles events until a power request comes.
-async fn supervise(manifest: Manifest) -> (Supervisor, PowerRequest) {
+async fn supervise(manifest: Manifest, stage2_ms: u64) -> (Supervisor, PowerRequest) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // Listen before the first child exists, so that no SIGCHLD is missed.
     forward_signal(SignalKind::child(), Event::ChildExited, &tx);
@@ -275,11 +287,25 @@ async fn supervise(manifest: Manifest) -> (Supervisor, PowerRequest) {
         }));
     });
 
+    if let Err(e) = crate::logs::start(crate::logs::DIR) {
+        say(&format!(
+            "cannot keep log files in {}: {e}",
+            crate::logs::DIR
+        ));
+    }
+    let os_release = std::fs::read_to_string("/usr/lib/os-release").ok();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok();
+    let boot =
+        crate::boot_file::render(os_release.as_deref(), cmdline.as_deref(), stage2_ms, |k| {
+            std::env::var(k).ok()
+        });
+    crate::services_file::publish(
+        std::path::Path::new(crate::boot_file::PATH),
+        &boot.to_string(),
+    );
     let mut supervisor = Supervisor::new(manifest, tx);
     supervisor.publish_states_to(crate::services_file::PATH);
     supervisor.start_all();
-    let os_release = std::fs::read_to_string("/usr/lib/os-release").ok();
-    let cmdline = std::fs::read_to_string("/proc/cmdline").ok();
     say(&ready_line(
         os_release.as_deref(),
         cmdline.as_deref(),
@@ -292,7 +318,8 @@ async fn supervise(manifest: Manifest) -> (Supervisor, PowerRequest) {
 /// Runs stage 2 as PID 1; never returns.
 pub fn run() -> ! {
     reopen_console();
-    say(&format!("stage 2 at {} ms", crate::clock::ms_since_boot()));
+    let stage2_ms = crate::clock::ms_since_boot();
+    say(&format!("stage 2 at {stage2_ms} ms"));
     mount_all();
     let hostname = hostname_from(std::fs::read_to_string("/etc/hostname").ok().as_deref());
     if let Err(e) = rustix::system::sethostname(hostname.as_bytes()) {
@@ -321,7 +348,7 @@ pub fn run() -> ! {
         Ok(runtime) => runtime,
         Err(e) => crate::power::fail(&format!("cannot build the event loop: {e}")),
     };
-    let (mut supervisor, request) = runtime.block_on(supervise(manifest));
+    let (mut supervisor, request) = runtime.block_on(supervise(manifest, stage2_ms));
     // The runtime stays alive (its signal handlers stay installed, so a second
     // request is ignored rather than killing us); the shutdown is synchronous.
     crate::shutdown::run(&mut supervisor, &request)

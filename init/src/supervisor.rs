@@ -410,9 +410,11 @@ fn spawn(spec: &Service) -> std::io::Result<Pid> {
 }
 
 /// Reads a service's output on a small thread of its own (blocking reads;
-/// the thread ends with the stream) and prints it as `[<name>] <line>`.
+/// the thread ends with the stream) and prints it as `[<name>] <line>`,
+/// keeping each line in the service's log file too ([`crate::logs`]).
 fn forward_output(name: &str, mut pipe: std::fs::File) {
     let prefix = format!("[{name}] ");
+    let log_name = name.to_string();
     let spawned = std::thread::Builder::new()
         .name(format!("out-{name}"))
         .stack_size(64 * 1024)
@@ -425,6 +427,7 @@ fn forward_output(name: &str, mut pipe: std::fs::File) {
                     Ok(n) => {
                         for line in lines.push(chunk.get(..n).unwrap_or(&[])) {
                             console::write_line(&format!("{prefix}{line}\n"));
+                            crate::logs::append(&log_name, &line);
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -433,6 +436,7 @@ fn forward_output(name: &str, mut pipe: std::fs::File) {
             }
             if let Some(line) = lines.finish() {
                 console::write_line(&format!("{prefix}{line}\n"));
+                crate::logs::append(&log_name, &line);
             }
         });
     if let Err(e) = spawned {
