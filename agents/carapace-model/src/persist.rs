@@ -25,29 +25,46 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Writes `data` to `path` whole or not at all, and durably: a temporary
+/// file in the same directory (created with `mode`), fsynced, renamed over
+/// `path`, then the directory fsynced. A failed write leaves no temporary
+/// file behind. Every file the agents keep on /var or publish under /run is
+/// written this way.
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = tmp_path(path);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(data)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
+}
+
 /// Saves `settings` at `path` atomically and durably.
 pub fn save(path: &Path, settings: &Settings) -> Result<(), PersistError> {
     let write_err = |err| PersistError::Write {
         path: path.to_path_buf(),
         err,
     };
-    let text =
+    let mut text =
         serde_json::to_vec_pretty(settings).map_err(|e| write_err(std::io::Error::other(e)))?;
-    let tmp = tmp_path(path);
-    let mut f = std::fs::File::create(&tmp).map_err(write_err)?;
-    f.write_all(&text).map_err(write_err)?;
-    f.write_all(b"\n").map_err(write_err)?;
-    f.sync_all().map_err(write_err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(write_err)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(write_err)?;
-    Ok(())
+    text.push(b'\n');
+    write_file(path, &text, 0o600).map_err(write_err)
 }
 
 /// Loads the settings at `path`: None if there are none yet. A leftover
@@ -85,6 +102,24 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("temp dir");
         d
+    }
+
+    #[test]
+    fn a_file_is_written_whole_with_its_mode_or_not_at_all() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("write-file");
+        let path = d.join("key.pem");
+        write_file(&path, b"secret", 0o600).expect("written");
+        assert_eq!(std::fs::read(&path).expect("read"), b"secret");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A directory in the way of the rename: the old file stays, no
+        // temporary file is left behind.
+        let blocked = d.join("blocked");
+        std::fs::create_dir_all(blocked.join("inner")).expect("blocker");
+        assert!(write_file(&blocked, b"new", 0o644).is_err());
+        assert!(blocked.is_dir());
+        assert!(!tmp_path(&blocked).exists(), "no temporary file left");
     }
 
     #[test]

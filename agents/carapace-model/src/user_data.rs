@@ -1,16 +1,73 @@
 //! First-boot user data: a TOML document whose tables mirror the settings
 //! tree (`hostname = "node-1"`, `[api]` with `token = "…"`, `[network]`, …).
-//! It becomes the first committed settings of a node.
+//! It becomes the first committed settings of a node. Two keys of `[api]`
+//! are not settings: `certificate` and `key`, the PEM certificate chain and
+//! private key of the API's TLS listener, which the server keeps in files of
+//! its own (a private key never appears in the settings tree).
 
 use crate::error::SettingsError;
 use crate::settings::Settings;
 use crate::store::{merge_patch, prepare_patch};
 
-/// Turns user data into settings (defaults for whatever it leaves out).
-pub fn settings_from_toml(text: &str) -> Result<Settings, SettingsError> {
-    let doc: toml::Value = toml::from_str(text).map_err(|e| {
+/// A TLS certificate chain and its private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPair {
+    pub certificate: String,
+    pub key: String,
+}
+
+/// Everything user data gives a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserData {
+    pub settings: Settings,
+    pub tls: Option<TlsPair>,
+}
+
+/// Turns user data into settings (defaults for whatever it leaves out) and
+/// the API's TLS identity, if it brings one.
+pub fn parse(text: &str) -> Result<UserData, SettingsError> {
+    let mut doc: toml::Value = toml::from_str(text).map_err(|e| {
         SettingsError::new("", format!("user data is not valid TOML: {}", e.message()))
     })?;
+    let tls = take_tls(&mut doc)?;
+    let settings = settings_of(doc)?;
+    Ok(UserData { settings, tls })
+}
+
+/// Turns user data into settings alone.
+pub fn settings_from_toml(text: &str) -> Result<Settings, SettingsError> {
+    parse(text).map(|u| u.settings)
+}
+
+fn take_tls(doc: &mut toml::Value) -> Result<Option<TlsPair>, SettingsError> {
+    let Some(api) = doc.get_mut("api").and_then(toml::Value::as_table_mut) else {
+        return Ok(None);
+    };
+    let mut take = |key: &str| -> Result<Option<String>, SettingsError> {
+        match api.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::String(pem)) if pem.contains("-----BEGIN ") => Ok(Some(pem)),
+            Some(_) => Err(SettingsError::new(
+                format!("api.{key}"),
+                "must be a PEM text (-----BEGIN …)",
+            )),
+        }
+    };
+    match (take("certificate")?, take("key")?) {
+        (None, None) => Ok(None),
+        (Some(certificate), Some(key)) => Ok(Some(TlsPair { certificate, key })),
+        (Some(_), None) => Err(SettingsError::new(
+            "api.key",
+            "api.certificate needs its private key",
+        )),
+        (None, Some(_)) => Err(SettingsError::new(
+            "api.certificate",
+            "api.key needs its certificate",
+        )),
+    }
+}
+
+fn settings_of(doc: toml::Value) -> Result<Settings, SettingsError> {
     let patch = serde_json::to_value(doc).map_err(|e| SettingsError::new("", e.to_string()))?;
     let patch = prepare_patch(patch)?;
     let mut tree = Settings::default().to_value();
@@ -80,5 +137,33 @@ mod tests {
     #[test]
     fn empty_user_data_gives_defaults() {
         assert_eq!(settings_from_toml("").expect("valid"), Settings::default());
+    }
+
+    #[test]
+    fn a_tls_identity_is_taken_out_of_the_settings() {
+        let u = parse(
+            "hostname = \"n\"\n[api]\ntoken = \"0123456789abcdef\"\n\
+             certificate = \"-----BEGIN CERTIFICATE-----\\nMII\\n\"\n\
+             key = \"-----BEGIN PRIVATE KEY-----\\nMII\\n\"\n",
+        )
+        .expect("valid");
+        let tls = u.tls.expect("a TLS pair");
+        assert!(tls.certificate.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(tls.key.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(u.settings.api.token_sha256.is_some());
+        assert!(!u.settings.to_value().to_string().contains("PRIVATE KEY"));
+        assert_eq!(
+            parse("[api]\ncertificate = \"-----BEGIN CERTIFICATE-----\"\n")
+                .expect_err("half a pair")
+                .path,
+            "api.key"
+        );
+        assert_eq!(
+            parse("[api]\ncertificate = \"x\"\nkey = \"y\"\n")
+                .expect_err("not PEM")
+                .path,
+            "api.certificate"
+        );
+        assert_eq!(parse("").expect("empty").tls, None);
     }
 }
