@@ -11,15 +11,22 @@
 //! - `POST /v1/settings/commit` — apply and persist the whole transaction, or nothing
 //! - `GET /v1/status` — version, root hash, boot id, uptime, /var usage
 //! - `POST /v1/power/reboot`, `POST /v1/power/poweroff` — ask PID 1 for an orderly one
+//! - `GET /v1/logs` — the services' console lines (`follow=true` streams)
+//! - `/v1/update…` — the update daemon over D-Bus ([`updates`])
 //!
 //! Remote callers (`Access::Remote`) must send `Authorization: Bearer <token>`
 //! matching the committed token hash; local callers on the root-only Unix
 //! socket need none.
 
 pub mod apply;
+pub mod config_drive;
 pub mod first_boot;
+pub mod logs;
 pub mod node;
+pub mod remote;
 pub mod routes;
+pub mod tls;
+pub mod updates;
 
 pub use apply::{Applier, NodeApplier};
 pub use node::{NodeOps, PowerAction, RealNode};

@@ -1,13 +1,26 @@
-//! The carapace-api daemon: serves the settings API on the root-only Unix
-//! socket /run/carapace/api.sock, with the committed settings kept in
-//! /var/lib/carapace/settings.json (on first boot, taken from the user data). (The TLS listener for remote callers
-//! comes with the rest of the node API.)
+//! The carapace-api daemon: serves the node API on the root-only Unix socket
+//! /run/carapace/api.sock and, for remote callers with the token, over TLS
+//! on TCP port 8443. The committed settings are kept in
+//! /var/lib/carapace/settings.json; on first boot they come from the user
+//! data (fw_cfg, else a config drive), which may also bring the TLS
+//! certificate; otherwise one is generated and kept on /var.
+//!
+//! Console lines (after `carapace-api: `):
+//! - `first boot: settings from user data (<source>)` / `first boot: no user data, default settings`
+//!   / `first boot: user data refused: <why>: default settings`
+//! - `listening on /run/carapace/api.sock`
+//! - `listening on 0.0.0.0:8443 (TLS), certificate sha256 <64 hex digits>`
 
-use carapace_api::first_boot::{self, UserData};
-use carapace_api::{router, Access, AppState, Applier, NodeApplier, RealNode};
+use carapace_api::first_boot::{self, FirstBoot};
+use carapace_api::node::{ApiInfo, UserDataReport};
+use carapace_api::tls::{self, Identity};
+use carapace_api::{
+    config_drive, remote, router, Access, AppState, Applier, NodeApplier, RealNode,
+};
 use carapace_model::{persist, Area, Settings, Store};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 const SOCKET: &str = "/run/carapace/api.sock";
 const SETTINGS: &str = "/var/lib/carapace/settings.json";
@@ -32,36 +45,148 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The user data, from fw_cfg or else a config drive.
+fn find_user_data() -> Result<Option<(&'static str, Vec<u8>)>, String> {
+    if let Some(bytes) = first_boot::read_fw_cfg() {
+        return Ok(Some(("fw_cfg", bytes)));
+    }
+    match config_drive::read() {
+        None => Ok(None),
+        Some(Ok(bytes)) => Ok(Some(("config-drive", bytes))),
+        Some(Err(e)) => Err(e),
+    }
+}
+
 /// No settings were ever committed: take them from the user data, commit
-/// them, and say what happened.
-fn first_boot(settings_file: &Path) -> Settings {
-    let (settings, outcome) = first_boot::initial_settings(first_boot::read_fw_cfg().as_deref());
-    match outcome {
-        UserData::Absent => eprintln!("carapace-api: first boot: no user data, default settings"),
-        UserData::Applied => eprintln!("carapace-api: first boot: settings from user data"),
-        UserData::Refused(why) => {
+/// them, keep the TLS identity it brings, and say what happened.
+fn first_boot(settings_file: &Path) -> (Settings, UserDataReport, Option<String>) {
+    let first = match find_user_data() {
+        Ok(found) => first_boot::from_user_data(found.as_ref().map(|(s, b)| (*s, b.as_slice()))),
+        Err(why) => FirstBoot {
+            settings: Settings::default(),
+            tls: None,
+            report: UserDataReport {
+                source: Some("config-drive".into()),
+                outcome: "refused".into(),
+                error: Some(why),
+            },
+        },
+    };
+    match (
+        &first.report.outcome[..],
+        &first.report.source,
+        &first.report.error,
+    ) {
+        ("applied", Some(source), _) => {
+            eprintln!("carapace-api: first boot: settings from user data ({source})")
+        }
+        ("refused", _, Some(why)) => {
             eprintln!("carapace-api: first boot: user data refused: {why}: default settings")
         }
+        _ => eprintln!("carapace-api: first boot: no user data, default settings"),
     }
-    if let Err(e) = persist::save(settings_file, &settings) {
+    let mut tls_problem = None;
+    if let Some(pair) = &first.tls {
+        let kept = Identity::from_pem(&pair.certificate, &pair.key)
+            .and_then(|id| tls::store(Path::new(tls::DIR), &id));
+        if let Err(e) = kept {
+            tls_problem = Some(format!("the certificate in the user data was refused: {e}"));
+        }
+    }
+    if let Err(e) = persist::save(settings_file, &first.settings) {
         eprintln!("carapace-api: {e}");
     }
-    settings
+    if let Err(e) = first_boot::save_report(Path::new(first_boot::REPORT), &first.report) {
+        eprintln!("carapace-api: {e}");
+    }
+    (first.settings, first.report, tls_problem)
+}
+
+/// Completes when SIGTERM (PID 1 stopping the service) has arrived.
+async fn terminated(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|t| *t).await;
+}
+
+/// Starts the TLS listener; what status should say about it.
+async fn start_remote(
+    state: AppState,
+    hostname: &str,
+    earlier: Option<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (ApiInfo, Option<tokio::task::JoinHandle<()>>) {
+    let names = vec!["carapace".to_string(), hostname.to_string()];
+    let failed = |e: String| {
+        let info = ApiInfo {
+            tls_listen: None,
+            certificate_sha256: None,
+            tls_error: Some(e),
+        };
+        (info, None)
+    };
+    let (identity, problem) = match tls::load_or_create(Path::new(tls::DIR), &names) {
+        Ok(x) => x,
+        Err(e) => return failed(e),
+    };
+    let config = match identity.server_config() {
+        Ok(c) => c,
+        Err(e) => return failed(e),
+    };
+    let listen = format!("0.0.0.0:{}", remote::DEFAULT_PORT);
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => return failed(format!("cannot listen on {listen}: {e}")),
+    };
+    let fingerprint = identity.fingerprint();
+    let task = tokio::spawn(remote::serve(
+        listener,
+        config,
+        router(state, Access::Remote),
+        terminated(stop),
+    ));
+    eprintln!("carapace-api: listening on {listen} (TLS), certificate sha256 {fingerprint}");
+    let tls_error = earlier.or(problem);
+    if let Some(e) = &tls_error {
+        eprintln!("carapace-api: {e}");
+    }
+    let info = ApiInfo {
+        tls_listen: Some(listen),
+        certificate_sha256: Some(fingerprint),
+        tls_error,
+    };
+    (info, Some(task))
 }
 
 async fn serve() -> Result<(), String> {
+    // On SIGTERM both listeners stop accepting and finish the requests in
+    // flight (the answer to a power request is one), for at most
+    // STOP_GRACE; then the process ends.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        term.recv().await;
+        let _ = stop_tx.send(true);
+    });
     let settings_file = Path::new(SETTINGS);
     if let Some(dir) = settings_file.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let committed = match persist::load(settings_file) {
-        Ok(Some(s)) => s,
+    let (committed, report, tls_problem) = match persist::load(settings_file) {
+        Ok(Some(s)) => (
+            s,
+            first_boot::load_report(Path::new(first_boot::REPORT)),
+            None,
+        ),
         Ok(None) => first_boot(settings_file),
         Err(e) => {
             // Never brick the node over a bad file: defaults, and say why.
             eprintln!("carapace-api: {e}: using the default settings");
-            Settings::default()
+            (
+                Settings::default(),
+                first_boot::load_report(Path::new(first_boot::REPORT)),
+                None,
+            )
         }
     };
     // The committed settings take effect at every start, before the socket
@@ -78,11 +203,16 @@ async fn serve() -> Result<(), String> {
     if let Err(e) = applier.apply(&Settings::default(), &committed, &all) {
         eprintln!("carapace-api: applying the committed settings failed: {e}");
     }
+    let hostname = committed.hostname.to_string();
+    let node = Arc::new(RealNode {
+        api: Mutex::new(ApiInfo::default()),
+        user_data: report,
+    });
     let state = AppState::new(
         Store::new(committed),
         settings_file.to_path_buf(),
         Box::new(applier),
-        std::sync::Arc::new(RealNode),
+        node.clone(),
     );
     let socket = Path::new(SOCKET);
     if let Some(dir) = socket.parent() {
@@ -95,7 +225,37 @@ async fn serve() -> Result<(), String> {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict {SOCKET} to root: {e}"))?;
     eprintln!("carapace-api: listening on {SOCKET}");
-    axum::serve(listener, router(state, Access::Local))
-        .await
-        .map_err(|e| format!("serving {SOCKET} failed: {e}"))
+    // A node without its TLS listener still answers locally, and says why.
+    let (info, remote) = start_remote(state.clone(), &hostname, tls_problem, stop.clone()).await;
+    if let Some(e) = info
+        .tls_error
+        .as_ref()
+        .filter(|_| info.tls_listen.is_none())
+    {
+        eprintln!("carapace-api: no TLS listener: {e}");
+    }
+    if let Ok(mut api) = node.api.lock() {
+        *api = info;
+    }
+    let local = axum::serve(listener, router(state, Access::Local))
+        .with_graceful_shutdown(terminated(stop.clone()));
+    let grace = async {
+        terminated(stop).await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    let both = async {
+        let served = local.await;
+        if let Some(remote) = remote {
+            let _ = remote.await;
+        }
+        served.map_err(|e| format!("serving {SOCKET} failed: {e}"))
+    };
+    tokio::select! {
+        served = both => served,
+        () = grace => Ok(()),
+    }
 }
+
+/// How long requests in flight may take to finish after SIGTERM (a log
+/// follower never finishes by itself).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

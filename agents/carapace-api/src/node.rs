@@ -25,12 +25,43 @@ pub trait NodeOps: Send + Sync {
 pub struct Status {
     pub version: String,
     pub roothash: String,
+    /// The root slot this boot runs from (`a` or `b`), when carapace-init knows it.
+    pub active_slot: Option<String>,
     pub boot_id: String,
     pub uptime_seconds: f64,
     pub var: Option<Usage>,
     /// Every service's state and restart count, as carapace-init publishes
     /// them in /run/carapace/services.json (an empty list if it has not yet).
     pub services: serde_json::Value,
+    /// The network agent's report (/run/carapace/network.json), or null.
+    pub network: serde_json::Value,
+    /// How remote callers reach this API.
+    pub api: ApiInfo,
+    /// What became of the first-boot user data.
+    pub user_data: UserDataReport,
+}
+
+/// The API's own listener facts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApiInfo {
+    /// `0.0.0.0:8443`, or None when the TLS listener is not running.
+    pub tls_listen: Option<String>,
+    /// SHA-256 of the TLS certificate (DER), lowercase hex: what clients pin.
+    pub certificate_sha256: Option<String>,
+    /// Why the TLS listener is not running, if it is not.
+    pub tls_error: Option<String>,
+}
+
+/// The outcome of the first-boot user data, kept on /var so that status
+/// reports it on every later boot too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct UserDataReport {
+    /// `fw_cfg` or `config-partition` (where it was found), or None.
+    pub source: Option<String>,
+    /// `applied`, `absent` or `refused`.
+    pub outcome: String,
+    /// Why it was refused.
+    pub error: Option<String>,
 }
 
 /// Space on a filesystem, in bytes.
@@ -40,55 +71,66 @@ pub struct Usage {
     pub free_bytes: u64,
 }
 
-/// The value of `key=` in os-release text, unquoted.
-fn os_release_value(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let v = l.strip_prefix(key)?.strip_prefix('=')?;
-        Some(v.trim().trim_matches('"').to_string())
-    })
+/// The raw contents of the files status is made from.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// /run/carapace/boot.json, written by carapace-init.
+    pub boot: String,
+    pub boot_id: String,
+    /// /proc/uptime.
+    pub uptime: String,
+    pub var: Option<Usage>,
+    /// /run/carapace/services.json.
+    pub services: String,
+    /// /run/carapace/network.json.
+    pub network: String,
 }
 
-/// Shapes the status from what the node's files say.
-pub fn status_from(
-    os_release: &str,
-    cmdline: &str,
-    boot_id: &str,
-    uptime: &str,
-    var: Option<Usage>,
-    services: &str,
-) -> Status {
-    let version = os_release_value(os_release, "IMAGE_VERSION")
-        .or_else(|| os_release_value(os_release, "VERSION_ID"))
-        .unwrap_or_else(|| "unknown".into());
-    let roothash = cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("roothash="))
-        .unwrap_or("none")
-        .to_string();
-    let uptime_seconds = uptime
+/// Shapes the status from what the node's files say; anything missing or
+/// torn reads as unknown, never as an error.
+pub fn status_from(facts: &Facts, api: &ApiInfo, user_data: &UserDataReport) -> Status {
+    let boot: serde_json::Value = serde_json::from_str(&facts.boot).unwrap_or_default();
+    let text = |key: &str| boot.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let uptime_seconds = facts
+        .uptime
         .split_whitespace()
         .next()
         .and_then(|u| u.parse().ok())
         .unwrap_or(0.0);
-    let services = serde_json::from_str::<serde_json::Value>(services)
+    let services = serde_json::from_str::<serde_json::Value>(&facts.services)
         .ok()
         .filter(serde_json::Value::is_array)
         .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+    let network = serde_json::from_str::<serde_json::Value>(&facts.network)
+        .ok()
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_default();
     Status {
-        version,
-        roothash,
-        boot_id: boot_id.trim().to_string(),
+        version: text("version").unwrap_or_else(|| "unknown".into()),
+        roothash: text("roothash").unwrap_or_else(|| "none".into()),
+        active_slot: text("slot"),
+        boot_id: facts.boot_id.trim().to_string(),
         uptime_seconds,
-        var,
+        var: facts.var,
         services,
+        network,
+        api: api.clone(),
+        user_data: user_data.clone(),
     }
 }
 
 /// Where carapace-init publishes the services' states.
 pub const SERVICES_FILE: &str = "/run/carapace/services.json";
+/// Where carapace-init publishes what this boot is.
+pub const BOOT_FILE: &str = "/run/carapace/boot.json";
+/// Where the network agent publishes its state.
+pub const NETWORK_FILE: &str = "/run/carapace/network.json";
 
-/// The real node.
-pub struct RealNode;
+/// The real node, with what the daemon knows of itself.
+pub struct RealNode {
+    pub api: std::sync::Mutex<ApiInfo>,
+    pub user_data: UserDataReport,
+}
 
 impl NodeOps for RealNode {
     fn status(&self) -> Status {
@@ -97,14 +139,16 @@ impl NodeOps for RealNode {
             total_bytes: s.f_blocks * s.f_frsize,
             free_bytes: s.f_bavail * s.f_frsize,
         });
-        status_from(
-            &read("/usr/lib/os-release"),
-            &read("/proc/cmdline"),
-            &read("/proc/sys/kernel/random/boot_id"),
-            &read("/proc/uptime"),
+        let facts = Facts {
+            boot: read(BOOT_FILE),
+            boot_id: read("/proc/sys/kernel/random/boot_id"),
+            uptime: read("/proc/uptime"),
             var,
-            &read(SERVICES_FILE),
-        )
+            services: read(SERVICES_FILE),
+            network: read(NETWORK_FILE),
+        };
+        let api = self.api.lock().map(|a| a.clone()).unwrap_or_default();
+        status_from(&facts, &api, &self.user_data)
     }
 
     fn power(&self, action: PowerAction) -> Result<(), String> {
@@ -123,31 +167,59 @@ mod tests {
 
     #[test]
     fn status_is_read_from_the_nodes_files() {
-        let s = status_from(
-            "NAME=\"Carapace\"\nIMAGE_VERSION=\"0.2.0\"\n",
-            "console=ttyS0 roothash=abcd quiet\n",
-            "6b0e-boot\n",
-            "12.34 20.00\n",
-            Some(Usage {
+        let facts = Facts {
+            boot: r#"{"version":"0.2.0","roothash":"abcd","slot":"b"}"#.into(),
+            boot_id: "6b0e-boot\n".into(),
+            uptime: "12.34 20.00\n".into(),
+            var: Some(Usage {
                 total_bytes: 100,
                 free_bytes: 40,
             }),
-            r#"[{"name":"api","state":"running","restarts":0}]"#,
-        );
+            services: r#"[{"name":"api","state":"running","restarts":0}]"#.into(),
+            network: r#"{"interface":"eth0","addresses":["10.0.2.15/24"]}"#.into(),
+        };
+        let api = ApiInfo {
+            tls_listen: Some("0.0.0.0:8443".into()),
+            certificate_sha256: Some("ff".repeat(32)),
+            tls_error: None,
+        };
+        let user_data = UserDataReport {
+            source: Some("fw_cfg".into()),
+            outcome: "refused".into(),
+            error: Some("hostname: bad".into()),
+        };
+        let s = status_from(&facts, &api, &user_data);
         assert_eq!(s.version, "0.2.0");
         assert_eq!(s.roothash, "abcd");
+        assert_eq!(s.active_slot.as_deref(), Some("b"));
         assert_eq!(s.boot_id, "6b0e-boot");
         assert!((s.uptime_seconds - 12.34).abs() < 1e-9);
         assert_eq!(s.services[0]["state"], "running");
-        let none = status_from("", "", "", "", None, "{ torn");
+        assert_eq!(s.network["addresses"][0], "10.0.2.15/24");
+        assert_eq!(s.api, api);
+        assert_eq!(s.user_data, user_data);
+        let none = status_from(
+            &Facts {
+                services: "{ torn".into(),
+                network: "[1]".into(),
+                ..Facts::default()
+            },
+            &ApiInfo::default(),
+            &UserDataReport::default(),
+        );
         assert_eq!(
             none.services,
             serde_json::json!([]),
             "a missing or torn file is no services"
         );
+        assert_eq!(none.network, serde_json::Value::Null);
         assert_eq!(
-            (none.version.as_str(), none.roothash.as_str()),
-            ("unknown", "none")
+            (
+                none.version.as_str(),
+                none.roothash.as_str(),
+                none.active_slot
+            ),
+            ("unknown", "none", None)
         );
     }
 }

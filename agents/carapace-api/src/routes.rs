@@ -1,8 +1,11 @@
 //! The HTTP routes and their handlers.
 
 use crate::apply::Applier;
+use crate::logs::{Entry, LogDir};
 use crate::node::{NodeOps, PowerAction};
-use axum::extract::{Path, Request, State};
+use crate::updates::{DbusUpdates, UpdateError, UpdateOp, Updates};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -10,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use carapace_model::store::CommitError;
 use carapace_model::{persist, SettingsError, Store};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +29,12 @@ pub const ROUTES: &[&str] = &[
     "POST /v1/settings/commit",
     "GET /v1/openapi.json",
     "GET /v1/status",
+    "GET /v1/logs",
+    "GET /v1/update",
+    "POST /v1/update/check",
+    "POST /v1/update/download",
+    "POST /v1/update/apply",
+    "POST /v1/update/cancel",
     "POST /v1/power/reboot",
     "POST /v1/power/poweroff",
 ];
@@ -45,7 +55,7 @@ struct Inner {
 
 /// The state the handlers share.
 #[derive(Clone)]
-pub struct AppState(Arc<Mutex<Inner>>);
+pub struct AppState(Arc<Mutex<Inner>>, LogDir, Arc<dyn Updates>);
 
 impl AppState {
     /// `store` holds the committed settings (loaded from `settings_file`);
@@ -56,12 +66,28 @@ impl AppState {
         applier: Box<dyn Applier>,
         node: Arc<dyn NodeOps>,
     ) -> AppState {
-        AppState(Arc::new(Mutex::new(Inner {
-            store,
-            settings_file,
-            applier,
-            node,
-        })))
+        AppState(
+            Arc::new(Mutex::new(Inner {
+                store,
+                settings_file,
+                applier,
+                node,
+            })),
+            LogDir::new(crate::logs::DIR),
+            Arc::new(DbusUpdates::default()),
+        )
+    }
+
+    /// Talks to `updates` instead of the update daemon on the system bus.
+    pub fn with_updates(mut self, updates: Arc<dyn Updates>) -> AppState {
+        self.2 = updates;
+        self
+    }
+
+    /// Reads service logs from `dir` instead of carapace-init's directory.
+    pub fn with_logs(mut self, dir: impl Into<PathBuf>) -> AppState {
+        self.1 = LogDir::new(dir);
+        self
     }
 }
 
@@ -181,6 +207,145 @@ async fn poweroff(State(state): State<AppState>) -> Response {
     power(state, PowerAction::PowerOff).await
 }
 
+/// The query of GET /v1/logs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    service: Option<String>,
+    lines: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The most lines one request returns from the past.
+const MAX_LINES: usize = 10_000;
+/// How often a follower looks for new lines.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+fn ndjson(entries: &[Entry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        out.push_str(&serde_json::to_string(e).unwrap_or_default());
+        out.push('\n');
+    }
+    out
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "", &e.body_text()),
+    };
+    let dir = state.1.clone();
+    if let Some(s) = &query.service {
+        if !dir.has(s) {
+            return error(
+                StatusCode::NOT_FOUND,
+                "",
+                &format!("no log of a service named {s:?}"),
+            );
+        }
+    }
+    let lines = query.lines.unwrap_or(100);
+    if lines > MAX_LINES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "lines",
+            &format!("at most {MAX_LINES} lines"),
+        );
+    }
+    let service = query.service.as_deref();
+    let recent = ndjson(&dir.recent(service, lines));
+    let content_type = [(header::CONTENT_TYPE, "application/x-ndjson")];
+    if !query.follow {
+        return (content_type, recent).into_response();
+    }
+    let follower = dir.follow(service);
+    let first = futures_util::stream::once(async move {
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(recent))
+    });
+    let rest = futures_util::stream::unfold(follower, |mut f| async move {
+        loop {
+            let entries = f.poll();
+            if !entries.is_empty() {
+                let chunk = axum::body::Bytes::from(ndjson(&entries));
+                return Some((Ok(chunk), f));
+            }
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    });
+    (
+        content_type,
+        axum::body::Body::from_stream(futures_util::StreamExt::chain(first, rest)),
+    )
+        .into_response()
+}
+
+/// The optional body of the update requests that take one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    #[serde(default)]
+    force: bool,
+}
+
+fn update_body(body: &[u8]) -> Result<UpdateBody, Box<Response>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(UpdateBody::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "",
+            &format!("the body must be {{\"force\": true|false}}: {e}"),
+        ))
+    })
+}
+
+async fn update_call(state: &AppState, op: UpdateOp, ok: StatusCode) -> Response {
+    match state.2.call(op).await {
+        Ok(v) => (ok, Json(v)).into_response(),
+        Err(UpdateError::Unavailable(why)) => error(StatusCode::SERVICE_UNAVAILABLE, "", &why),
+        Err(UpdateError::Refused(why)) => error(StatusCode::CONFLICT, "", &why),
+    }
+}
+
+async fn update_status(State(state): State<AppState>) -> Response {
+    update_call(&state, UpdateOp::Status, StatusCode::OK).await
+}
+
+async fn update_check(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    match update_body(&body) {
+        Ok(b) => update_call(&state, UpdateOp::Check { force: b.force }, StatusCode::OK).await,
+        Err(r) => *r,
+    }
+}
+
+async fn update_download(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    match update_body(&body) {
+        Ok(b) => {
+            update_call(
+                &state,
+                UpdateOp::Download { force: b.force },
+                StatusCode::ACCEPTED,
+            )
+            .await
+        }
+        Err(r) => *r,
+    }
+}
+
+async fn update_apply(State(state): State<AppState>) -> Response {
+    update_call(&state, UpdateOp::Apply, StatusCode::OK).await
+}
+
+async fn update_cancel(State(state): State<AppState>) -> Response {
+    update_call(&state, UpdateOp::Cancel, StatusCode::ACCEPTED).await
+}
+
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
 }
@@ -227,6 +392,12 @@ pub fn router(state: AppState, access: Access) -> Router {
         .route("/v1/settings/{*path}", get(get_subtree))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/status", get(status))
+        .route("/v1/logs", get(logs))
+        .route("/v1/update", get(update_status))
+        .route("/v1/update/check", post(update_check))
+        .route("/v1/update/download", post(update_download))
+        .route("/v1/update/apply", post(update_apply))
+        .route("/v1/update/cancel", post(update_cancel))
         .route("/v1/power/reboot", post(reboot))
         .route("/v1/power/poweroff", post(poweroff));
     let routes = match access {

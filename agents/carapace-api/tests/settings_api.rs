@@ -3,7 +3,8 @@
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use carapace_api::node::Status;
+use carapace_api::node::{ApiInfo, Facts, Status, UserDataReport};
+use carapace_api::updates::{UpdateError, UpdateOp, UpdateResult, Updates};
 use carapace_api::{router, Access, AppState, Applier, NodeOps, PowerAction};
 use carapace_model::{persist, Area, Settings, Store};
 use http_body_util::BodyExt;
@@ -43,18 +44,44 @@ struct FakeNode {
 
 impl NodeOps for FakeNode {
     fn status(&self) -> Status {
-        carapace_api::node::status_from(
-            "IMAGE_VERSION=9.9.9\n",
-            "roothash=feed",
-            "boot-1",
-            "5.5 1",
-            None,
-            r#"[{"name":"api","state":"running"}]"#,
-        )
+        let facts = Facts {
+            boot: r#"{"version":"9.9.9","roothash":"feed","slot":"a"}"#.into(),
+            boot_id: "boot-1".into(),
+            uptime: "5.5 1".into(),
+            services: r#"[{"name":"api","state":"running"}]"#.into(),
+            ..Facts::default()
+        };
+        carapace_api::node::status_from(&facts, &ApiInfo::default(), &UserDataReport::default())
     }
     fn power(&self, action: PowerAction) -> Result<(), String> {
         self.requests.lock().expect("lock").push(action);
         Ok(())
+    }
+}
+
+/// Answers update requests from a script and records them.
+#[derive(Default)]
+struct FakeUpdates {
+    ops: Mutex<Vec<UpdateOp>>,
+}
+
+impl Updates for FakeUpdates {
+    fn call(
+        &self,
+        op: UpdateOp,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = UpdateResult> + Send + '_>> {
+        self.ops.lock().expect("lock").push(op);
+        let answer = match op {
+            UpdateOp::Status => Ok(json!({"state": "idle", "running": "9.9.9"})),
+            UpdateOp::Check { force: false } => Ok(json!({"available": null})),
+            UpdateOp::Check { force: true } => Ok(json!({"available": "9.8.0"})),
+            UpdateOp::Download { .. } => Ok(json!({"started": "download"})),
+            UpdateOp::Apply => Err(UpdateError::Refused(
+                "nothing is downloaded: download an update first".into(),
+            )),
+            UpdateOp::Cancel => Err(UpdateError::Unavailable("the system bus: gone".into())),
+        };
+        Box::pin(async move { answer })
     }
 }
 
@@ -66,6 +93,7 @@ struct Fixture {
     state: AppState,
     recorder: Recorder,
     node: Arc<FakeNode>,
+    updates: Arc<FakeUpdates>,
 }
 
 impl Fixture {
@@ -80,12 +108,16 @@ impl Fixture {
             dir.join("settings.json"),
             Box::new(recorder.clone()),
             node.clone(),
-        );
+        )
+        .with_logs(dir.join("logs"));
+        let updates = Arc::new(FakeUpdates::default());
+        let state = state.with_updates(updates.clone());
         Fixture {
             dir,
             state,
             recorder,
             node,
+            updates,
         }
     }
 
@@ -294,6 +326,7 @@ async fn status_and_power_requests() {
         (status["version"].as_str(), status["roothash"].as_str()),
         (Some("9.9.9"), Some("feed"))
     );
+    assert_eq!(status["active_slot"], "a");
     assert_eq!(status["services"][0]["name"], "api");
     let (s, _) = f.local(Method::POST, "/v1/power/reboot", None).await;
     assert_eq!(s, StatusCode::ACCEPTED);
@@ -360,4 +393,149 @@ async fn the_openapi_document_lists_exactly_the_routes() {
             "{route}: {s}"
         );
     }
+}
+
+/// GET /v1/logs against a log directory laid out as carapace-init keeps it.
+async fn logs_request(f: &Fixture, uri: &str) -> (StatusCode, String) {
+    let req = Request::builder()
+        .uri(uri)
+        .body(Body::empty())
+        .expect("request");
+    let resp = router(f.state.clone(), Access::Local)
+        .oneshot(req)
+        .await
+        .expect("response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn logs_of_one_service_or_all_and_their_errors() {
+    let f = Fixture::new("logs", Settings::default());
+    let logs = f.dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    std::fs::write(logs.join("api.log"), "10 listening\n30 third\n").expect("api");
+    std::fs::write(logs.join("net.log"), "20 eth0 configured\n").expect("net");
+    let (s, body) = logs_request(&f, "/v1/logs?service=api").await;
+    assert_eq!(s, StatusCode::OK);
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            json!({"service": "api", "ms": 10, "line": "listening"}),
+            json!({"service": "api", "ms": 30, "line": "third"}),
+        ]
+    );
+    let (_, body) = logs_request(&f, "/v1/logs?lines=2").await;
+    let services: Vec<String> = body
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json")["service"].to_string())
+        .collect();
+    assert_eq!(
+        services,
+        vec!["\"net\"", "\"api\""],
+        "merged by time, last 2"
+    );
+    let (s, body) = logs_request(&f, "/v1/logs?service=nope").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    let (s, body) = logs_request(&f, "/v1/logs?service=../../etc/passwd").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "no paths: {body}");
+    let (s, _) = logs_request(&f, "/v1/logs?lines=many").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = logs_request(&f, "/v1/logs?lines=10001").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = logs_request(&f, "/v1/logs?colour=blue").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "unknown parameters are refused");
+}
+
+#[tokio::test]
+async fn following_logs_streams_lines_appended_later() {
+    let f = Fixture::new("follow", Settings::default());
+    let logs = f.dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    std::fs::write(logs.join("svc.log"), "1 before\n").expect("svc");
+    let req = Request::builder()
+        .uri("/v1/logs?service=svc&follow=true")
+        .body(Body::empty())
+        .expect("request");
+    let resp = router(f.state.clone(), Access::Local)
+        .oneshot(req)
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a frame").expect("data");
+    let first = String::from_utf8_lossy(first.data_ref().expect("data")).into_owned();
+    assert!(first.contains("\"before\""), "{first}");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(logs.join("svc.log"))
+        .expect("open");
+    std::io::Write::write_all(&mut file, b"2 after\n").expect("append");
+    let next = body.frame().await.expect("a frame").expect("data");
+    let next = String::from_utf8_lossy(next.data_ref().expect("data")).into_owned();
+    assert_eq!(
+        serde_json::from_str::<Value>(next.trim()).expect("json"),
+        json!({"service": "svc", "ms": 2, "line": "after"})
+    );
+}
+
+#[tokio::test]
+async fn update_requests_reach_the_daemon_and_its_answers_map_to_statuses() {
+    let f = Fixture::new("updates", Settings::default());
+    let (s, body) = f.local(Method::GET, "/v1/update", None).await;
+    assert_eq!(
+        (s, body["running"].as_str()),
+        (StatusCode::OK, Some("9.9.9"))
+    );
+    let (s, body) = f.local(Method::POST, "/v1/update/check", None).await;
+    assert_eq!((s, body), (StatusCode::OK, json!({"available": null})));
+    let (s, body) = f
+        .local(
+            Method::POST,
+            "/v1/update/check",
+            Some(json!({"force": true})),
+        )
+        .await;
+    assert_eq!(
+        (s, body["available"].as_str()),
+        (StatusCode::OK, Some("9.8.0"))
+    );
+    let (s, _) = f.local(Method::POST, "/v1/update/download", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, body) = f.local(Method::POST, "/v1/update/apply", None).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(body["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("nothing is downloaded")));
+    let (s, _) = f.local(Method::POST, "/v1/update/cancel", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, _) = f
+        .local(
+            Method::POST,
+            "/v1/update/download",
+            Some(json!({"forse": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a misspelt body is refused");
+    let (s, _) = f
+        .remote(Method::POST, "/v1/update/download", None, Some("wrong"))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        f.updates.ops.lock().expect("lock").as_slice(),
+        &[
+            UpdateOp::Status,
+            UpdateOp::Check { force: false },
+            UpdateOp::Check { force: true },
+            UpdateOp::Download { force: false },
+            UpdateOp::Apply,
+            UpdateOp::Cancel,
+        ],
+        "refused requests never reached the daemon"
+    );
 }

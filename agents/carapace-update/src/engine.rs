@@ -1,0 +1,684 @@
+//! The update engine: check the source for a newer signed version, write it
+//! into the inactive slot and prove what was written, install its UKI with a
+//! boot counter, and — after a boot into it — bless it once the node is
+//! healthy. Every step reports through the shared [`Status`]; every failure
+//! leaves the running slot, the ESP's bootable entries and the settings as
+//! they were.
+//!
+//! Order of a download, so that a power cut at any point leaves the node
+//! booting a good version:
+//! 1. fetch and verify the signed manifest (nothing is written before);
+//! 2. make the inactive slot unbootable: remove every UKI that points at it,
+//!    then give its partitions fresh random UUIDs and the label `_empty`;
+//! 3. stream the root and verity parts into its partitions, hashing them;
+//! 4. re-read both and rebuild the verity tree: it must give the manifest's
+//!    root hash and equal the written hash partition;
+//! 5. set the slot's UUIDs to the root hash halves and its labels to the
+//!    version. Only the UKI installed by `apply` makes it bootable.
+
+use crate::boot_entries::{self, Entry};
+use crate::esp::{self, Esp};
+use crate::fetch::{self, Source};
+use crate::slots::{self, Slot, Slots};
+use crate::status::{State, Status};
+use carapace_bundle::{Manifest, PartHasher};
+use carapace_init::gpt::{self, Guid};
+use semver::Version;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Where the engine reads what it needs.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub settings: PathBuf,
+    pub boot_json: PathBuf,
+    pub network_json: PathBuf,
+    pub public_key: PathBuf,
+    pub esp_mount: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Paths {
+        Paths {
+            settings: "/var/lib/carapace/settings.json".into(),
+            boot_json: "/run/carapace/boot.json".into(),
+            network_json: "/run/carapace/network.json".into(),
+            public_key: "/usr/lib/carapace/update-key.pub".into(),
+            esp_mount: esp::MOUNT_POINT.into(),
+        }
+    }
+}
+
+/// This boot, as carapace-init published it.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub version: Version,
+    pub roothash: [u8; 32],
+    pub disk: String,
+}
+
+impl Boot {
+    /// Reads /run/carapace/boot.json.
+    pub fn read(path: &Path) -> Result<Boot, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| format!("{} has no {k}", path.display()))
+        };
+        let version = Version::parse(&field("version")?)
+            .map_err(|e| format!("the running version is not a semantic version: {e}"))?;
+        Ok(Boot {
+            version,
+            roothash: parse_hash(&field("roothash")?)?,
+            disk: field("disk")?,
+        })
+    }
+}
+
+fn parse_hash(hex: &str) -> Result<[u8; 32], String> {
+    let bad = || format!("{hex:?} is not a SHA-256 root hash");
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+            .map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// The GUID whose canonical bytes are `bytes` (how stage 1 compares them).
+fn guid_of(bytes: &[u8]) -> Guid {
+    let mut g = [0u8; 16];
+    g.copy_from_slice(&bytes[..16]);
+    Guid(g)
+}
+
+/// A version fetched, verified and written, waiting for `apply`.
+#[derive(Debug, Clone)]
+struct Staged {
+    manifest: Manifest,
+    source: Source,
+}
+
+/// The engine, shared by the D-Bus interface and the background tasks.
+pub struct Engine {
+    paths: Paths,
+    boot: Boot,
+    status: Mutex<Status>,
+    staged: Mutex<Option<Staged>>,
+    cancel: AtomicBool,
+    changes: tokio::sync::watch::Sender<Status>,
+}
+
+/// The largest manifest or index read, in bytes.
+const MAX_SMALL: usize = 64 * 1024;
+/// The largest UKI accepted.
+const MAX_UKI: u64 = 256 << 20;
+
+impl Engine {
+    /// An engine for this boot; `changes` receives every new status.
+    pub fn new(
+        paths: Paths,
+        boot: Boot,
+        slot: &str,
+    ) -> (Engine, tokio::sync::watch::Receiver<Status>) {
+        let status = Status::idle(&boot.version.to_string(), slot);
+        let (tx, rx) = tokio::sync::watch::channel(status.clone());
+        (
+            Engine {
+                paths,
+                boot,
+                status: Mutex::new(status),
+                staged: Mutex::new(None),
+                cancel: AtomicBool::new(false),
+                changes: tx,
+            },
+            rx,
+        )
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        let snapshot = match self.status.lock() {
+            Ok(mut s) => {
+                f(&mut s);
+                s.clone()
+            }
+            Err(p) => {
+                let mut s = p.into_inner();
+                f(&mut s);
+                s.clone()
+            }
+        };
+        self.changes.send_replace(snapshot);
+    }
+
+    fn enter(&self, state: State) {
+        self.update(|s| s.enter(state));
+    }
+
+    fn progress(&self, p: f64) {
+        self.update(|s| s.progress = p.clamp(0.0, 1.0));
+    }
+
+    /// Marks the start of an operation; refuses a second one at once.
+    pub fn begin(&self, state: State) -> Result<(), String> {
+        let mut refused = None;
+        self.update(|s| {
+            if s.busy() {
+                refused = Some(format!("busy: {}", s.state));
+            } else {
+                s.enter(state);
+            }
+        });
+        self.cancel.store(false, Ordering::SeqCst);
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Ends an operation: in `done` on success, in error with the reason otherwise.
+    pub fn end(&self, result: &Result<(), String>, done: State) {
+        match result {
+            Ok(()) => self.enter(done),
+            Err(e) => self.update(|s| s.fail(e)),
+        }
+    }
+
+    /// Asks a running download to stop at its next chunk.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    fn cancelled(&self) -> Result<(), String> {
+        if self.cancel.load(Ordering::SeqCst) {
+            Err("cancelled".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn source(&self) -> Result<Source, String> {
+        let settings = carapace_model::persist::load(&self.paths.settings)
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let url = settings
+            .updates
+            .source
+            .ok_or("no update source is set (settings: updates.source)")?;
+        Source::parse(url.as_str())
+    }
+
+    fn dns(&self) -> Vec<std::net::IpAddr> {
+        fetch::published_dns(&std::fs::read_to_string(&self.paths.network_json).unwrap_or_default())
+    }
+
+    /// Fetches the index and the newest version's signed manifest; returns
+    /// the manifest if it is an update this node may take.
+    pub async fn check(&self, force_downgrade: bool) -> Result<Option<(Source, Manifest)>, String> {
+        let source = self.source()?;
+        let dns = self.dns();
+        let index = fetch::get(&source, "index.json", &dns)
+            .await?
+            .all(MAX_SMALL)
+            .await?;
+        let index = carapace_bundle::Index::parse(&index).map_err(|e| e.to_string())?;
+        let Some(latest) = index.latest() else {
+            return Ok(None);
+        };
+        if latest <= &self.boot.version && !force_downgrade {
+            self.update(|s| s.available.clear());
+            return Ok(None);
+        }
+        let dir = format!("{latest}/");
+        let manifest_bytes = fetch::get(&source, &format!("{dir}manifest.json"), &dns)
+            .await?
+            .all(MAX_SMALL)
+            .await?;
+        let signature = fetch::get(&source, &format!("{dir}manifest.json.sig"), &dns)
+            .await?
+            .all(1024)
+            .await?;
+        let key = std::fs::read_to_string(&self.paths.public_key).map_err(|e| {
+            format!(
+                "cannot read the update key {}: {e}",
+                self.paths.public_key.display()
+            )
+        })?;
+        let key = carapace_bundle::PublicKey::parse_hex(key.trim()).map_err(|e| e.to_string())?;
+        let manifest =
+            carapace_bundle::verify(&key, &manifest_bytes, &String::from_utf8_lossy(&signature))
+                .map_err(|e| e.to_string())?;
+        if manifest.version != *latest {
+            return Err(format!(
+                "the manifest under {latest}/ is for version {}",
+                manifest.version
+            ));
+        }
+        carapace_bundle::check_update(&self.boot.version, &manifest, force_downgrade)
+            .map_err(|e| e.to_string())?;
+        let version = manifest.version.to_string();
+        self.update(|s| s.available = version);
+        Ok(Some((
+            Source {
+                prefix: format!("{}{dir}", source.prefix),
+                ..source
+            },
+            manifest,
+        )))
+    }
+
+    fn disk_device(&self) -> String {
+        if self.boot.disk.starts_with("/dev/") {
+            self.boot.disk.clone()
+        } else {
+            format!("/dev/{}", self.boot.disk)
+        }
+    }
+
+    fn sector_size(&self) -> u64 {
+        let name = self.disk_device().trim_start_matches("/dev/").to_string();
+        std::fs::read_to_string(format!("/sys/block/{name}/queue/logical_block_size"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(512)
+    }
+
+    fn read_slots(&self) -> Result<(Vec<gpt::Partition>, Slots), String> {
+        let dev = self.disk_device();
+        let mut f = std::fs::File::open(&dev).map_err(|e| format!("cannot open {dev}: {e}"))?;
+        let (_, parts) =
+            gpt::read(&mut f, self.sector_size() as usize).map_err(|e| format!("{dev}: {e}"))?;
+        let slots = slots::slots(&parts, &self.boot.roothash).map_err(|e| e.to_string())?;
+        Ok((parts, slots))
+    }
+
+    fn partition_device(&self, number: u32) -> String {
+        let disk = self.disk_device();
+        let name = disk.trim_start_matches("/dev/");
+        format!(
+            "/dev/{}",
+            carapace_init::stage1::partition_node_name(name, number)
+        )
+    }
+
+    fn esp(&self, parts: &[gpt::Partition]) -> Result<Esp, String> {
+        let p =
+            gpt::partition_by_type(parts, &gpt::types::ESP).ok_or("the boot disk has no ESP")?;
+        Ok(Esp {
+            device: self.partition_device(p.number),
+            mount_point: self.paths.esp_mount.clone(),
+        })
+    }
+
+    fn set_identity(
+        &self,
+        slot: &Slot,
+        data: (Guid, String),
+        verity: (Guid, String),
+    ) -> Result<(), String> {
+        let dev = self.disk_device();
+        let mut disk = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev)
+            .map_err(|e| format!("cannot open {dev}: {e}"))?;
+        let sector = self.sector_size();
+        for (p, (uuid, name)) in [(&slot.data, data), (&slot.verity, verity)] {
+            gpt::set_partition_identity(&mut disk, sector, p.number, uuid, &name)
+                .map_err(|e| format!("cannot relabel partition {}: {e}", p.number))?;
+        }
+        disk.sync_all()
+            .map_err(|e| format!("cannot sync {dev}: {e}"))
+    }
+
+    /// Downloads the newest version into the inactive slot and proves it.
+    pub async fn download(&self, force_downgrade: bool) -> Result<String, String> {
+        let (source, manifest) = self
+            .check(force_downgrade)
+            .await?
+            .ok_or("no newer version is available")?;
+        let (parts, slots) = self.read_slots()?;
+        let target = slots.inactive.clone();
+        let sector = self.sector_size();
+        let data_room = target.data.size_bytes(sector);
+        let verity_room = target.verity.size_bytes(sector);
+        if manifest.root.data_bytes > data_room || manifest.verity.bytes > verity_room {
+            return Err(format!(
+                "version {} does not fit slot {}: root {} of {data_room} bytes, verity {} of {verity_room}",
+                manifest.version, target.letter, manifest.root.data_bytes, manifest.verity.bytes
+            ));
+        }
+
+        // Nothing may boot the slot while it is rewritten.
+        let esp = self.esp(&parts)?;
+        let inactive_hash_prefix: String = target
+            .data
+            .unique_guid
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        esp.with_linux_dir(|dir| {
+            let mut doomed = Vec::new();
+            for name in esp::list(dir)? {
+                if Entry::parse(&name).is_none() {
+                    continue;
+                }
+                let hash = esp::uki_roothash(std::fs::File::open(dir.join(&name))?)?;
+                if hash.is_some_and(|h| h.starts_with(&inactive_hash_prefix)) {
+                    doomed.push(name);
+                }
+            }
+            esp::remove(dir, &doomed)
+        })
+        .map_err(|e| format!("cannot clear the ESP of slot {}: {e}", target.letter))?;
+        self.set_identity(
+            &target,
+            (random_guid()?, "_empty".into()),
+            (random_guid()?, "_empty".into()),
+        )?;
+        *self.staged.lock().map_err(|_| "poisoned")? = None;
+        self.update(|s| s.staged.clear());
+
+        // Stream the parts in.
+        self.enter(State::Downloading);
+        let data_dev = self.partition_device(target.data.number);
+        let verity_dev = self.partition_device(target.verity.number);
+        let total = (manifest.root.stored_bytes + manifest.verity.bytes) as f64;
+        let root_file = manifest.root.file.clone();
+        let mut done = 0u64;
+        self.stream_part(
+            &source,
+            &root_file,
+            &data_dev,
+            PartHasher::new(&manifest.root.as_part()),
+            &mut done,
+            total,
+        )
+        .await?;
+        // What the bundle left out of the root is zeros.
+        zero_fill(
+            &data_dev,
+            manifest.root.stored_bytes,
+            manifest.root.data_bytes,
+        )?;
+        let verity_file = manifest.verity.file.clone();
+        self.stream_part(
+            &source,
+            &verity_file,
+            &verity_dev,
+            PartHasher::new(&manifest.verity.as_part()),
+            &mut done,
+            total,
+        )
+        .await?;
+
+        // Re-read what was written and rebuild the tree.
+        self.enter(State::Verifying);
+        let roothash = parse_hash(&manifest.roothash)?;
+        let hash_image = read_prefix(&verity_dev, manifest.verity.bytes)?;
+        let data = std::fs::File::open(&data_dev).map_err(|e| format!("{data_dev}: {e}"))?;
+        carapace_init::verity_tree::verify(
+            data.take(manifest.root.data_bytes),
+            &hash_image,
+            &roothash,
+        )
+        .map_err(|e| {
+            format!(
+                "what was written to slot {} does not verify: {e}",
+                target.letter
+            )
+        })?;
+
+        // Only now does the slot get the identity the new UKI looks for.
+        self.enter(State::Writing);
+        let label = format!("carapace_{}", manifest.version);
+        self.set_identity(
+            &target,
+            (guid_of(&roothash[..16]), label.clone()),
+            (guid_of(&roothash[16..]), format!("{label}_verity")),
+        )?;
+        let version = manifest.version.to_string();
+        *self.staged.lock().map_err(|_| "poisoned")? = Some(Staged { manifest, source });
+        self.update(|s| s.staged = version.clone());
+        Ok(version)
+    }
+
+    async fn stream_part(
+        &self,
+        source: &Source,
+        file: &str,
+        device: &str,
+        hasher: Result<PartHasher, carapace_bundle::BundleError>,
+        done: &mut u64,
+        total: f64,
+    ) -> Result<(), String> {
+        let mut hasher = hasher.map_err(|e| e.to_string())?;
+        let mut body = fetch::get(source, file, &self.dns()).await?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(device)
+            .map_err(|e| format!("cannot open {device}: {e}"))?;
+        while let Some(chunk) = body.chunk().await? {
+            self.cancelled()?;
+            hasher.update(&chunk).map_err(|e| format!("{file}: {e}"))?;
+            out.write_all(&chunk)
+                .map_err(|e| format!("cannot write {device}: {e}"))?;
+            *done += chunk.len() as u64;
+            self.progress(*done as f64 / total.max(1.0));
+        }
+        hasher.finish().map_err(|e| format!("{file}: {e}"))?;
+        out.sync_all()
+            .map_err(|e| format!("cannot sync {device}: {e}"))
+    }
+
+    /// Installs the staged version's UKI with a boot counter: the next boot
+    /// tries it.
+    pub async fn apply(&self) -> Result<String, String> {
+        let staged = self
+            .staged
+            .lock()
+            .map_err(|_| "poisoned")?
+            .clone()
+            .ok_or("nothing is downloaded: download an update first")?;
+        let m = &staged.manifest;
+        if m.uki.bytes > MAX_UKI {
+            return Err(format!("the UKI of {} is too large", m.version));
+        }
+        self.enter(State::Downloading);
+        let mut body = fetch::get(&staged.source, &m.uki.file, &self.dns()).await?;
+        let mut hasher = PartHasher::new(&m.uki.as_part()).map_err(|e| e.to_string())?;
+        let mut uki = Vec::new();
+        while let Some(chunk) = body.chunk().await? {
+            self.cancelled()?;
+            hasher
+                .update(&chunk)
+                .map_err(|e| format!("{}: {e}", m.uki.file))?;
+            uki.extend_from_slice(&chunk);
+        }
+        hasher
+            .finish()
+            .map_err(|e| format!("{}: {e}", m.uki.file))?;
+        self.enter(State::Verifying);
+        let names = esp::uki_roothash(uki.as_slice()).map_err(|e| e.to_string())?;
+        if names.as_deref() != Some(m.roothash.as_str()) {
+            return Err(format!(
+                "the UKI of {} names root hash {names:?}, the manifest {}",
+                m.version, m.roothash
+            ));
+        }
+        self.enter(State::Writing);
+        let (parts, _) = self.read_slots()?;
+        let esp = self.esp(&parts)?;
+        let name = Entry::trial_name(&m.version);
+        esp.with_linux_dir(|dir| {
+            let room = rustix::fs::statvfs(dir)
+                .map(|s| s.f_bavail * s.f_frsize)
+                .unwrap_or(u64::MAX);
+            if room < uki.len() as u64 + 1024 * 1024 {
+                return Err(std::io::Error::other(format!(
+                    "the ESP has {room} bytes free, the UKI needs {}",
+                    uki.len()
+                )));
+            }
+            esp::install(dir, &name, uki.as_slice()).map(drop)
+        })
+        .map_err(|e| format!("cannot install {name}: {e}"))?;
+        Ok(m.version.to_string())
+    }
+
+    /// Reads the ESP to fill in the running, fallback and rolled-back facts;
+    /// returns the running entry.
+    pub fn survey(&self) -> Result<Option<Entry>, String> {
+        let (parts, _) = self.read_slots()?;
+        let esp = self.esp(&parts)?;
+        let names = esp.with_linux_dir(esp::list).map_err(|e| e.to_string())?;
+        let entries = boot_entries::entries(&names);
+        let picture = boot_entries::picture(&entries, &self.boot.version);
+        let show = |v: &Option<Version>| v.as_ref().map(ToString::to_string).unwrap_or_default();
+        self.update(|s| {
+            s.blessed = picture
+                .running
+                .as_ref()
+                .is_some_and(|e| e.counter.is_none());
+            s.fallback = show(&picture.fallback);
+            s.rolled_back = show(&picture.rolled_back);
+        });
+        Ok(picture.running)
+    }
+
+    /// Blesses the running version: drops the boot counter from its UKI and
+    /// removes versions older than the fallback.
+    pub fn bless(&self) -> Result<(), String> {
+        let (parts, _) = self.read_slots()?;
+        let esp = self.esp(&parts)?;
+        let version = self.boot.version.clone();
+        esp.with_linux_dir(|dir| {
+            let entries = boot_entries::entries(&esp::list(dir)?);
+            if let Some(running) = entries.iter().find(|e| e.version == version) {
+                if running.counter.is_some() {
+                    esp::rename(dir, &running.file_name, &running.blessed_name())?;
+                }
+            }
+            let entries = boot_entries::entries(&esp::list(dir)?);
+            esp::remove(
+                dir,
+                &boot_entries::to_remove_after_blessing(&entries, &version),
+            )
+        })
+        .map_err(|e| format!("cannot bless {version}: {e}"))?;
+        self.survey().map(drop)
+    }
+}
+
+fn random_guid() -> Result<Guid, String> {
+    let mut g = [0u8; 16];
+    let mut filled = 0;
+    while filled < g.len() {
+        filled += rustix::rand::getrandom(&mut g[filled..], rustix::rand::GetRandomFlags::empty())
+            .map_err(|e| format!("no randomness: {e}"))?;
+    }
+    // RFC 4122 version 4, variant 1, as written in canonical byte order.
+    g[6] = (g[6] & 0x0f) | 0x40;
+    g[8] = (g[8] & 0x3f) | 0x80;
+    Ok(Guid(g))
+}
+
+fn zero_fill(device: &str, from: u64, to: u64) -> Result<(), String> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(device)
+        .map_err(|e| format!("cannot open {device}: {e}"))?;
+    f.seek(SeekFrom::Start(from)).map_err(|e| e.to_string())?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(zeros.len());
+        f.write_all(&zeros[..n])
+            .map_err(|e| format!("cannot write {device}: {e}"))?;
+        at += n as u64;
+    }
+    f.sync_all()
+        .map_err(|e| format!("cannot sync {device}: {e}"))
+}
+
+fn read_prefix(device: &str, len: u64) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    std::fs::File::open(device)
+        .and_then(|f| f.take(len).read_to_end(&mut buf))
+        .map_err(|e| format!("cannot read {device}: {e}"))?;
+    if buf.len() as u64 != len {
+        return Err(format!("{device} is shorter than {len} bytes"));
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_facts_come_from_boot_json() {
+        let dir = std::env::temp_dir().join(format!("carapace-engine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("boot.json");
+        let hash = "ab".repeat(32);
+        std::fs::write(
+            &path,
+            format!(r#"{{"version":"0.2.0","roothash":"{hash}","slot":"b","disk":"/dev/vda"}}"#),
+        )
+        .expect("write");
+        let boot = Boot::read(&path).expect("boot");
+        assert_eq!(boot.version, Version::new(0, 2, 0));
+        assert_eq!(boot.roothash, [0xab; 32]);
+        assert_eq!(boot.disk, "/dev/vda");
+        std::fs::write(
+            &path,
+            r#"{"version":"dev","roothash":"x","disk":"/dev/vda"}"#,
+        )
+        .expect("write");
+        assert!(Boot::read(&path).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn random_guids_are_version_4_and_differ() {
+        let a = random_guid().expect("guid");
+        let b = random_guid().expect("guid");
+        assert_ne!(a, b);
+        assert_eq!(a.0[6] >> 4, 4);
+        assert_eq!(a.0[8] >> 6, 2);
+    }
+
+    #[test]
+    fn zero_fill_writes_zeros_after_the_stored_part() {
+        let dir = std::env::temp_dir().join(format!("carapace-zero-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let dev = dir.join("slot");
+        std::fs::write(&dev, vec![0xffu8; 3 << 20]).expect("write");
+        let dev_s = dev.to_string_lossy().to_string();
+        zero_fill(&dev_s, 1000, (2 << 20) + 7).expect("filled");
+        let back = std::fs::read(&dev).expect("read");
+        assert!(back[..1000].iter().all(|&b| b == 0xff));
+        assert!(back[1000..(2 << 20) + 7].iter().all(|&b| b == 0));
+        assert!(back[(2 << 20) + 7..].iter().all(|&b| b == 0xff));
+        assert_eq!(read_prefix(&dev_s, 10).expect("read").len(), 10);
+        assert!(read_prefix(&dev_s, 4 << 20).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,21 @@
+//! carapace-update: the update daemon's library. A node never changes a file
+//! of its root: it writes a whole new, signed version into the inactive slot,
+//! installs that version's UKI with a boot counter, and lets systemd-boot try
+//! it; once the new version is up and healthy the daemon blesses it, and if
+//! it never is, the boot loader falls back to the version that worked.
+//!
+//! - `slots` — the two root slots of the boot disk; which one runs.
+//! - `boot_entries` — UKI names and systemd-boot's boot counting, pure.
+//! - `esp` — the EFI system partition, mounted only while it changes.
+//! - `fetch` — streaming HTTP GETs from the update source.
+//! - `status` — the state machine and report.
+//! - `engine` — check, download into the inactive slot and prove it, apply, bless.
+//! - `dbus` — `org.carapace.Update1` and its client proxy.
+
+pub mod boot_entries;
+pub mod dbus;
+pub mod engine;
+pub mod esp;
+pub mod fetch;
+pub mod slots;
+pub mod status;
