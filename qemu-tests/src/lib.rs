@@ -301,12 +301,26 @@ pub fn parse_ready(line: &str) -> Option<Ready> {
 pub struct Node {
     session: PtySession,
     monitor: PathBuf,
+    /// The host port forwarded to the node's API port (8443).
+    pub api_port: u16,
     /// Everything read from the console so far.
     pub transcript: String,
 }
 
-/// The QEMU command line for `disk`: q35, OVMF, TCG, virtio disk, serial on stdio.
-pub fn qemu_command(disk: &Path, vars: &Path, monitor: Option<&Path>) -> Command {
+/// The node's API port, as the image serves it.
+pub const NODE_API_PORT: u16 = 8443;
+
+/// A TCP port on the host's loopback that is free now.
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The QEMU command line for `disk`: q35, OVMF, TCG, virtio disk, serial on
+/// stdio, one virtio NIC on QEMU's user network (its DHCP gives the node
+/// 10.0.2.15; the host is 10.0.2.2), with host port `api_port` on 127.0.0.1
+/// forwarded to the node's API.
+pub fn qemu_command(disk: &Path, vars: &Path, monitor: Option<&Path>, api_port: u16) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024", "-smp", "1",
@@ -326,7 +340,12 @@ pub fn qemu_command(disk: &Path, vars: &Path, monitor: Option<&Path>) -> Command
     .arg(format!("if=pflash,format=raw,file={}", vars.display()))
     .arg("-drive")
     .arg(format!("file={},format=raw,if=virtio", disk.display()))
-    .args(["-device", "virtio-rng-pci"]);
+    .args(["-device", "virtio-rng-pci"])
+    .arg("-netdev")
+    .arg(format!(
+        "user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:{NODE_API_PORT}"
+    ))
+    .args(["-device", "virtio-net-pci,netdev=net0"]);
     if let Some(m) = monitor {
         cmd.arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", m.display()));
@@ -339,7 +358,8 @@ impl Node {
     pub fn boot(disk: &TestDisk, extra_args: &[String]) -> Result<Node> {
         let monitor = disk.dir.join("monitor.sock");
         let _ = std::fs::remove_file(&monitor);
-        let mut cmd = qemu_command(&disk.disk, &disk.vars, Some(&monitor));
+        let api_port = free_port()?;
+        let mut cmd = qemu_command(&disk.disk, &disk.vars, Some(&monitor), api_port);
         cmd.args(extra_args);
         let options = rexpect::reader::Options::new()
             .timeout_ms(Some(EXPECT_TIMEOUT.as_millis() as u64))
@@ -349,6 +369,7 @@ impl Node {
         Ok(Node {
             session,
             monitor,
+            api_port,
             transcript: String::new(),
         })
     }
@@ -404,6 +425,93 @@ impl Node {
         Ok(())
     }
 
+    /// Takes in whatever the console has printed by now, without waiting.
+    pub fn drain(&mut self) {
+        let mut got = String::new();
+        while let Some(c) = self.session.try_read() {
+            got.push(c);
+        }
+        self.record(&got);
+    }
+
+    /// Waits until the API listens over TLS and the network agent has
+    /// configured the NIC (so the forwarded port reaches the API); returns
+    /// the certificate fingerprint the API printed.
+    pub fn wait_api_reachable(&mut self) -> Result<String> {
+        let marker = "(TLS), certificate sha256 ";
+        self.wait_until("the API listens over TLS and the NIC is configured", |t| {
+            t.contains(marker)
+                && t.lines()
+                    .any(|l| l.contains("carapace-net: ") && l.contains(" configured "))
+        })?;
+        let fingerprint = self
+            .transcript
+            .lines()
+            .rev()
+            .find_map(|l| l.split(marker).nth(1))
+            .map(|f| f.trim().to_string())
+            .unwrap_or_default();
+        if fingerprint.len() != 64 {
+            bail!("malformed fingerprint {fingerprint:?} on the console");
+        }
+        Ok(fingerprint)
+    }
+
+    /// The host CLI, pointed at this node's forwarded API port.
+    pub fn ctl(&self, fingerprint: &str, token: Option<&str>) -> Ctl {
+        Ctl {
+            endpoint: format!("https://127.0.0.1:{}", self.api_port),
+            fingerprint: fingerprint.to_string(),
+            token: token.map(str::to_string),
+        }
+    }
+
+    /// Runs the host CLI with `args` while the console keeps being read (a
+    /// full serial line would stall the guest).
+    pub fn run_ctl(&mut self, ctl: &Ctl, args: &[&str]) -> Result<CtlOutput> {
+        let mut cmd = ctl.command(args)?;
+        let out_file = tempfile_path("ctl-out");
+        let err_file = tempfile_path("ctl-err");
+        cmd.stdout(std::fs::File::create(&out_file)?)
+            .stderr(std::fs::File::create(&err_file)?);
+        let mut child = cmd.spawn().context("cannot run carapace-ctl")?;
+        let deadline = std::time::Instant::now() + EXPECT_TIMEOUT;
+        let status = loop {
+            self.drain();
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("carapace-ctl {args:?} did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = std::fs::read_to_string(&out_file).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&err_file).unwrap_or_default();
+        let _ = std::fs::remove_file(&out_file);
+        let _ = std::fs::remove_file(&err_file);
+        Ok(CtlOutput {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Runs the host CLI and requires success; returns its standard output.
+    pub fn ctl_ok(&mut self, ctl: &Ctl, args: &[&str]) -> Result<String> {
+        let out = self.run_ctl(ctl, args)?;
+        if out.code != 0 {
+            bail!(
+                "carapace-ctl {args:?} exited with {}: {}{}",
+                out.code,
+                out.stdout,
+                out.stderr
+            );
+        }
+        Ok(out.stdout)
+    }
+
     /// Waits for `carapace: ready` and parses it.
     pub fn wait_ready(&mut self) -> Result<Ready> {
         let line = self.expect_line("carapace: ready ")?;
@@ -454,6 +562,81 @@ impl Node {
         let ok = matches!(status, rexpect::process::WaitStatus::Exited(_, 0));
         Ok((rest, ok))
     }
+}
+
+fn tempfile_path(what: &str) -> PathBuf {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("carapace-{what}-{}-{n}", std::process::id()))
+}
+
+/// The host's carapace-ctl: `$CARAPACE_CTL` (set by `cargo xtask test`), else
+/// built now with cargo.
+pub fn ctl_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CARAPACE_CTL") {
+        return Ok(PathBuf::from(path));
+    }
+    static BUILT: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "carapace-ctl", "--bin", "carapace-ctl"])
+                .current_dir(&root)
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err("cargo build -p carapace-ctl failed".into());
+            }
+            Ok(root.join("target/debug/carapace-ctl"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// How to reach one node's API from the host with the CLI.
+#[derive(Debug, Clone)]
+pub struct Ctl {
+    pub endpoint: String,
+    pub fingerprint: String,
+    pub token: Option<String>,
+}
+
+impl Ctl {
+    /// The same node with another token (or none).
+    pub fn with_token(&self, token: Option<&str>) -> Ctl {
+        Ctl {
+            token: token.map(str::to_string),
+            ..self.clone()
+        }
+    }
+
+    /// The CLI command line, reaching the node through flags only (the
+    /// environment variables of the CLI are cleared so they cannot interfere).
+    pub fn command(&self, args: &[&str]) -> Result<Command> {
+        let mut cmd = Command::new(ctl_binary()?);
+        cmd.env_remove("CARAPACE_ENDPOINT")
+            .env_remove("CARAPACE_TOKEN")
+            .env_remove("CARAPACE_FINGERPRINT")
+            .arg("--endpoint")
+            .arg(&self.endpoint)
+            .arg("--fingerprint")
+            .arg(&self.fingerprint);
+        if let Some(t) = &self.token {
+            cmd.arg("--token").arg(t);
+        }
+        cmd.args(args).stdin(std::process::Stdio::null());
+        Ok(cmd)
+    }
+}
+
+/// What one CLI run gave.
+#[derive(Debug, Clone)]
+pub struct CtlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Where the root hash sits in the kernel command line of the UKI on the ESP:
@@ -511,6 +694,91 @@ pub fn find_file_block_in_root(disk: &TestDisk, file: &Path) -> Result<u64> {
             hits.len()
         ),
     }
+}
+
+
+/// A static file server on the host's loopback for update bundles: the node
+/// reaches it as `http://10.0.2.2:<port>/` through QEMU's user network.
+pub struct FileServer {
+    pub port: u16,
+    /// Every path requested, in order.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FileServer {
+    /// Serves the files under `root` (GET only; no directory listings).
+    pub fn start(root: &Path) -> Result<FileServer> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let root = root.to_path_buf();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let root = root.clone();
+                let seen = seen.clone();
+                std::thread::spawn(move || serve_file(stream, &root, &seen));
+            }
+        });
+        Ok(FileServer { port, requests })
+    }
+
+    /// The source URL as the node sees it.
+    pub fn url_for_node(&self, dir: &str) -> String {
+        format!("http://10.0.2.2:{}/{dir}", self.port)
+    }
+}
+
+fn serve_file(mut stream: std::net::TcpStream, root: &Path, seen: &std::sync::Mutex<Vec<String>>) {
+    use std::io::BufRead;
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = std::io::BufReader::new(clone);
+    let mut first = String::new();
+    if reader.read_line(&mut first).is_err() {
+        return;
+    }
+    // Skip the headers.
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line == "\r\n" || line == "\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+    if let Ok(mut s) = seen.lock() {
+        s.push(path.clone());
+    }
+    let relative = path.trim_start_matches('/');
+    let file = root.join(relative);
+    let safe = !relative.split('/').any(|c| c == "..");
+    match std::fs::read(&file) {
+        Ok(body) if safe && file.is_file() => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+        _ => {
+            let _ = stream.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    }
+}
+
+/// The directory of update sources `cargo xtask test` prepares: `good/`
+/// offers the next version of the test image, `broken/` a version that never
+/// becomes healthy.
+pub fn update_sources() -> PathBuf {
+    std::env::var_os("CARAPACE_UPDATE_SOURCES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/updates"))
 }
 
 #[cfg(test)]

@@ -52,8 +52,14 @@ fn the_root_holds_only_what_the_node_runs() -> anyhow::Result<()> {
     assert!(
         files.iter().all(|f| f.starts_with("usr/lib/carapace/")
             || f == "usr/lib/os-release"
-            || f == "etc/os-release"),
-        "only our files and os-release: {files:?}"
+            || f == "etc/os-release"
+            || f == "etc/resolv.conf"),
+        "only our files, os-release and the resolver link: {files:?}"
+    );
+    assert_eq!(
+        std::fs::read_link(tree.join("etc/resolv.conf"))?,
+        std::path::PathBuf::from("../run/carapace/resolv.conf"),
+        "the resolver configuration is the network agent's, under /run"
     );
     assert!(files.iter().any(|f| f == "usr/lib/carapace/carapace-init"));
     assert!(files.iter().any(|f| f == "usr/lib/carapace/services.toml"));

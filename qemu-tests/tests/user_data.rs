@@ -25,6 +25,11 @@ fn user_data_from_fw_cfg_sets_the_first_settings() -> anyhow::Result<()> {
         first.contains("checker: api hostname=\"node-ud\" uname=node-ud"),
         "{first}"
     );
+    assert!(
+        node.transcript
+            .contains("checker: api user-data outcome=applied slot=a"),
+        "status reports the user data taken and the slot booted"
+    );
     node.press_power_button()?;
     node.wait_exit()?;
     Ok(())
@@ -55,6 +60,10 @@ fn broken_user_data_still_boots_with_defaults_and_says_why() -> anyhow::Result<(
     assert!(
         first.contains("checker: api hostname=\"carapace\" uname=carapace"),
         "{first}"
+    );
+    assert!(
+        t.contains("checker: api user-data outcome=refused"),
+        "status reports the refusal"
     );
     node.press_power_button()?;
     node.wait_exit()?;

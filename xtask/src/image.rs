@@ -10,19 +10,43 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-/// Which image: the release image, or the test image that adds guest-side
-/// probes (never shipped).
+/// Which image: the release image, the test image that adds guest-side
+/// probes (never shipped), or the test image as a later version for the
+/// update tests: another version number, a marker file that says which
+/// (`/usr/lib/carapace/test/release`), and — when `broken` — an API service
+/// that never answers, so the version never becomes healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     Release,
     Test,
+    TestUpdate { version: &'static str, broken: bool },
 }
 
 impl Variant {
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            Variant::Release => "release",
-            Variant::Test => "test",
+            Variant::Release => "release".into(),
+            Variant::Test => "test".into(),
+            Variant::TestUpdate {
+                version,
+                broken: false,
+            } => format!("test-{version}"),
+            Variant::TestUpdate {
+                version,
+                broken: true,
+            } => format!("test-{version}-broken"),
+        }
+    }
+
+    fn is_test(self) -> bool {
+        self != Variant::Release
+    }
+
+    /// The image version: the workspace's (or CARAPACE_VERSION), or the update's own.
+    pub fn version(self) -> String {
+        match self {
+            Variant::TestUpdate { version, .. } => version.to_string(),
+            _ => version(),
         }
     }
 }
@@ -42,6 +66,9 @@ pub fn version() -> String {
 const NODE_BINS: &[(&str, &str)] = &[
     ("carapace-init", "carapace-init"),
     ("carapace-api", "carapace-api"),
+    ("carapace-net", "carapace-net"),
+    ("carapace-bus", "carapace-bus"),
+    ("carapace-update", "carapace-update"),
 ];
 /// The guest-side probes only the test image carries.
 const TEST_BINS: &[(&str, &str)] = &[
@@ -53,14 +80,14 @@ const TEST_BINS: &[(&str, &str)] = &[
 pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     host::ensure_backports_packages(host::IMAGE_TOOLS)?;
     let kernel = kernel::build(root)?;
-    let version = version();
+    let version = variant.version();
     let build = root.join("build");
     let vdir = build.join(variant.name());
     let out_dir = vdir.join("out");
     let disk = out_dir.join("carapace.raw");
 
     let mut wanted = NODE_BINS.to_vec();
-    if variant == Variant::Test {
+    if variant.is_test() {
         wanted.extend_from_slice(TEST_BINS);
     }
     let built = binaries::build(root, &wanted)?;
@@ -81,16 +108,21 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     }
     let manifest = match variant {
         Variant::Release => "services.toml",
-        Variant::Test => "services-test.toml",
+        Variant::Test | Variant::TestUpdate { broken: false, .. } => "services-test.toml",
+        Variant::TestUpdate { broken: true, .. } => "services-test-broken.toml",
     };
     std::fs::copy(root.join("image").join(manifest), lib.join("services.toml"))
         .with_context(|| format!("cannot copy image/{manifest}"))?;
+    // The key update bundles are signed with; made on first use, kept out of git.
+    let key = crate::bundle::ensure_key(&root.join("keys"))?;
+    std::fs::write(lib.join("update-key.pub"), format!("{key}\n"))?;
     if !test_bins.is_empty() {
         std::fs::create_dir_all(lib.join("test"))?;
         for bin in test_bins {
             let name = bin.file_name().context("binary has a name")?;
             copy_exec(bin, &lib.join("test").join(name))?;
         }
+        std::fs::write(lib.join("test/release"), format!("{version}\n"))?;
     }
     let mut os_release = std::fs::read_to_string(root.join("image/os-release"))?;
     os_release.push_str(&format!("VERSION_ID={version}\n"));

@@ -6,7 +6,9 @@
 //! runs on the node itself.
 
 mod bench;
+mod bench_api;
 mod binaries;
+mod bundle;
 mod cpio;
 mod host;
 mod image;
@@ -23,11 +25,17 @@ commands:
   deps              install the host packages the build needs (as root)
   kernel            build the kernel from kernel-config/ (cached)
   image [--test]    build the disk image (release, or the test variant)
-  run [--test] [--user-data FILE]
+  run [--test] [--user-data FILE] [--api-port PORT]
                     build what is stale and boot the image in QEMU on this terminal;
-                    FILE (TOML) becomes the node's first settings
-  test              run the unit tests, then build the test image and run qemu-tests
+                    FILE (TOML) becomes the node's first settings; the node's API
+                    is forwarded to 127.0.0.1:PORT (default 8443)
+  test              run the unit tests, then build the test image (and the versions the
+                    update tests install) and run qemu-tests
+  bundle [--test]   turn the built image into a signed update bundle under build/bundles/
   bench boot [N]    boot the release image N times (default 5) and report medians and sizes
+  bench api [CLIENTS] [SECONDS]
+                    measure the API over TLS: read and commit latency, then CLIENTS
+                    (default 32) concurrent clients for SECONDS (default 30)
 ";
 
 fn main() {
@@ -68,6 +76,19 @@ fn real_main() -> Result<()> {
             let img = image::build(&root, variant)?;
             println!("{}", img.disk.display());
         }
+        Some("bundle") => {
+            let img = image::build(&root, variant)?;
+            let version = variant.version();
+            let uki = img.out_dir.join("carapace.efi");
+            let dir = bundle::bundle(
+                &img.disk,
+                &uki,
+                &version,
+                &root.join("keys"),
+                &root.join("build/bundles"),
+            )?;
+            println!("{}", dir.display());
+        }
         Some("run") => {
             let user_data = args
                 .iter()
@@ -75,8 +96,15 @@ fn real_main() -> Result<()> {
                 .map(|i| args.get(i + 1).map(PathBuf::from))
                 .map(|f| f.context("--user-data needs a file"))
                 .transpose()?;
+            let api_port = match args.iter().position(|a| a == "--api-port") {
+                Some(i) => args
+                    .get(i + 1)
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .context("--api-port needs a port number")?,
+                None => qemu_tests::NODE_API_PORT,
+            };
             let img = image::build(&root, variant)?;
-            qemu::run_interactive(&img, user_data.as_deref())?;
+            qemu::run_interactive(&img, user_data.as_deref(), api_port)?;
         }
         Some("test") => test(&root)?,
         Some("bench") => match args.get(1).map(String::as_str) {
@@ -84,7 +112,12 @@ fn real_main() -> Result<()> {
                 let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
                 bench::boot(&root, n)?;
             }
-            _ => bail!("usage: cargo xtask bench boot [N]"),
+            Some("api") => {
+                let clients = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(32);
+                let secs = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(30);
+                bench_api::api(&root, clients, secs)?;
+            }
+            _ => bail!("usage: cargo xtask bench boot [N] | bench api [CLIENTS] [SECONDS]"),
         },
         Some("-h") | Some("--help") | Some("help") | None => print!("{USAGE}"),
         Some(other) => bail!("unknown command {other:?}\n{USAGE}"),
@@ -99,9 +132,57 @@ fn test(root: &Path) -> Result<()> {
         .dir(root)
         .run()?;
     let img = image::build(root, image::Variant::Test)?;
+    let sources = update_sources(root)?;
+    // The tests drive the node with the host's CLI, as an operator would.
+    duct::cmd!(
+        &cargo,
+        "build",
+        "-p",
+        "carapace-ctl",
+        "--bin",
+        "carapace-ctl"
+    )
+    .dir(root)
+    .run()?;
+    let ctl = root.join("target/debug/carapace-ctl");
     duct::cmd!(&cargo, "test", "-p", "qemu-tests", "--", "--test-threads=2")
         .dir(root)
         .env("CARAPACE_TEST_IMAGE", &img.disk)
+        .env("CARAPACE_CTL", &ctl)
+        .env("CARAPACE_UPDATE_SOURCES", &sources)
         .run()?;
     Ok(())
+}
+
+/// The update sources the update tests download from: `good/` offers the
+/// test image as version 0.2.0 (with a changed file), `broken/` a version
+/// 0.3.0 whose API never answers.
+fn update_sources(root: &Path) -> Result<PathBuf> {
+    let sources = root.join("build/updates");
+    if sources.exists() {
+        std::fs::remove_dir_all(&sources)?;
+    }
+    let keys = root.join("keys");
+    for (dir, variant) in [
+        (
+            "good",
+            image::Variant::TestUpdate {
+                version: "0.2.0",
+                broken: false,
+            },
+        ),
+        (
+            "broken",
+            image::Variant::TestUpdate {
+                version: "0.3.0",
+                broken: true,
+            },
+        ),
+    ] {
+        let img = image::build(root, variant)?;
+        let version = variant.version();
+        let uki = img.out_dir.join("carapace.efi");
+        bundle::bundle(&img.disk, &uki, &version, &keys, &sources.join(dir))?;
+    }
+    Ok(sources)
 }

@@ -7,7 +7,9 @@ use std::path::Path;
 
 /// Boots `image` on this terminal; `user_data` (a TOML file) is handed to the
 /// node through fw_cfg as `opt/carapace/user-data`, read on its first boot.
-pub fn run_interactive(image: &Image, user_data: Option<&Path>) -> Result<()> {
+///
+/// The node's API port is forwarded to `api_port` on the host's loopback.
+pub fn run_interactive(image: &Image, user_data: Option<&Path>, api_port: u16) -> Result<()> {
     let vars = image.out_dir.join("OVMF_VARS.fd");
     if !vars.exists() {
         std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
@@ -29,7 +31,7 @@ pub fn run_interactive(image: &Image, user_data: Option<&Path>) -> Result<()> {
             .run()
             .context("cannot copy the image for the node")?;
     }
-    let mut cmd = qemu_tests::qemu_command(&node_disk, &vars, None);
+    let mut cmd = qemu_tests::qemu_command(&node_disk, &vars, None, api_port);
     // The harness uses -serial stdio and -no-reboot; interactively we want the
     // monitor multiplexed on the terminal and reboots to stay in QEMU.
     let args: Vec<String> = cmd
@@ -52,7 +54,8 @@ pub fn run_interactive(image: &Image, user_data: Option<&Path>) -> Result<()> {
         i += 1;
     }
     eprintln!(
-        "run: booting {} (ctrl-a x quits QEMU; ctrl-a c, then system_powerdown, powers the node off in order)",
+        "run: booting {} (ctrl-a x quits QEMU; ctrl-a c, then system_powerdown, powers the node off in order)\n\
+         run: the node's API is forwarded to https://127.0.0.1:{api_port}",
         node_disk.display()
     );
     if let Some(file) = user_data {

@@ -1,0 +1,231 @@
+//! A/B updates of the booted image, driven from the host CLI the way an
+//! operator would: version 0.1.0 downloads the next version from an HTTP
+//! server on the host, applies it, reboots into it and blesses it; a broken
+//! version is rolled back by the boot loader with no human action; a
+//! tampered, unsigned or truncated bundle is refused and nothing becomes
+//! bootable. The sources are prepared by `cargo xtask test`.
+
+use anyhow::{ensure, Context, Result};
+use qemu_tests::{update_sources, Ctl, FileServer, Node, TestDisk};
+use serde_json::Value;
+use std::path::Path;
+
+const TOKEN: &str = "update-token-0123456789";
+
+fn user_data(source: &str) -> String {
+    format!(
+        "hostname = \"updated-node\"\n[api]\ntoken = \"{TOKEN}\"\n[updates]\nsource = \"{source}\"\n"
+    )
+}
+
+fn update_status(node: &mut Node, ctl: &Ctl) -> Result<Value> {
+    let out = node.ctl_ok(ctl, &["--output", "json", "update", "status"])?;
+    serde_json::from_str(&out).with_context(|| format!("update status printed {out:?}"))
+}
+
+/// Boots, waits until the API answers from the host, returns the CLI for it.
+fn reach(node: &mut Node) -> Result<Ctl> {
+    node.wait_ready()?;
+    let fingerprint = node.wait_api_reachable()?;
+    node.wait_until("the update daemon serves D-Bus", |t| {
+        t.contains("carapace-update: serving org.carapace.Update1")
+    })?;
+    Ok(node.ctl(&fingerprint, Some(TOKEN)))
+}
+
+/// The version the ready line names.
+fn ready_version(node: &mut Node) -> Result<(Ctl, String)> {
+    let ready = node.wait_ready()?;
+    let fingerprint = node.wait_api_reachable()?;
+    node.wait_until("the update daemon serves D-Bus", |t| {
+        t.contains("carapace-update: serving org.carapace.Update1")
+    })?;
+    Ok((node.ctl(&fingerprint, Some(TOKEN)), ready.version))
+}
+
+/// Copies a source directory so a test may damage its copy.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_new_version_is_downloaded_applied_booted_and_blessed() -> Result<()> {
+    let server = FileServer::start(&update_sources())?;
+    let disk = TestDisk::fresh("update-ab")?;
+    let mut node = disk.boot_with_user_data(&user_data(&server.url_for_node("good/")))?;
+    let ctl = reach(&mut node)?;
+    node.wait_until("the checker read the release", |t| {
+        t.contains("checker: release ")
+    })?;
+    assert!(node.transcript.contains("checker: release 0.1.0"));
+
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(status["running"], "0.1.0");
+    assert_eq!(status["slot"], "a");
+    assert_eq!(
+        status["blessed"], true,
+        "the first version is blessed as built"
+    );
+
+    let out = node.ctl_ok(&ctl, &["update", "check"])?;
+    assert!(out.contains("0.2.0 is available"), "{out}");
+    node.ctl_ok(&ctl, &["update", "download", "--wait"])?;
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(status["staged"], "0.2.0", "{status}");
+    node.ctl_ok(&ctl, &["update", "apply"])?;
+    node.ctl_ok(&ctl, &["reboot"])?;
+    node.wait_exit()?;
+
+    // The next boot tries 0.2.0 from slot b, which blesses itself.
+    let mut node = disk.boot()?;
+    let (ctl, version) = ready_version(&mut node)?;
+    assert_eq!(version, "0.2.0");
+    node.wait_until("0.2.0 blessed itself", |t| {
+        t.contains("carapace-update: 0.2.0 is healthy: blessed")
+    })?;
+    assert!(
+        node.transcript.contains("checker: release 0.2.0"),
+        "the changed file"
+    );
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(status["running"], "0.2.0");
+    assert_eq!(status["slot"], "b");
+    assert_eq!(status["blessed"], true);
+    assert_eq!(status["fallback"], "0.1.0");
+    assert_eq!(status["rolled_back"], "");
+    // Settings on /var were kept.
+    let hostname = node.ctl_ok(&ctl, &["--output", "json", "get", "hostname"])?;
+    assert_eq!(hostname.trim(), "\"updated-node\"");
+    assert!(
+        server
+            .requests
+            .lock()
+            .map(|r| r.iter().any(|p| p.ends_with("root.img")))
+            .unwrap_or(false),
+        "the root came from the host's server"
+    );
+    node.press_power_button()?;
+    node.wait_exit()?;
+    Ok(())
+}
+
+#[test]
+fn a_version_that_never_becomes_healthy_is_rolled_back() -> Result<()> {
+    let server = FileServer::start(&update_sources())?;
+    let disk = TestDisk::fresh("update-rollback")?;
+    let mut node = disk.boot_with_user_data(&user_data(&server.url_for_node("broken/")))?;
+    let ctl = reach(&mut node)?;
+    node.ctl_ok(&ctl, &["update", "download", "--wait"])?;
+    node.ctl_ok(&ctl, &["update", "apply"])?;
+    node.ctl_ok(&ctl, &["reboot"])?;
+    node.wait_exit()?;
+
+    // Each try of the broken version ends in the daemon's reboot; QEMU runs
+    // with -no-reboot, so every try is a boot of its own here.
+    let mut tries = 0;
+    let mut node = loop {
+        let mut node = disk.boot()?;
+        let ready = node.wait_ready()?;
+        if ready.version == "0.1.0" {
+            break node;
+        }
+        ensure!(ready.version == "0.3.0", "booted {}", ready.version);
+        tries += 1;
+        ensure!(tries <= 3, "the broken version was tried more than 3 times");
+        node.wait_until("the daemon gave up on the try", |t| {
+            t.contains("is not healthy after")
+        })?;
+        node.wait_exit()?;
+    };
+    assert_eq!(tries, 3, "systemd-boot gave the broken version its 3 tries");
+    let fingerprint = node.wait_api_reachable()?;
+    node.wait_until("the daemon saw the rollback", |t| {
+        t.contains("carapace-update: update 0.3.0 was rolled back")
+    })?;
+    let ctl = node.ctl(&fingerprint, Some(TOKEN));
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(status["running"], "0.1.0");
+    assert_eq!(status["rolled_back"], "0.3.0");
+    node.press_power_button()?;
+    node.wait_exit()?;
+    Ok(())
+}
+
+#[test]
+fn tampered_unsigned_and_truncated_bundles_are_refused() -> Result<()> {
+    let work = std::env::temp_dir().join(format!("carapace-tamper-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let good = update_sources().join("good");
+    for case in ["flipped", "unsigned", "truncated"] {
+        copy_dir(&good, &work.join(case))?;
+    }
+    let index: Value = serde_json::from_str(&std::fs::read_to_string(good.join("index.json"))?)?;
+    let version = index["versions"]
+        .as_array()
+        .and_then(|v| v.last())
+        .and_then(Value::as_str)
+        .context("a version in the index")?
+        .to_string();
+    // One flipped byte inside the root part.
+    let root = work.join("flipped").join(&version).join("root.img");
+    let mut bytes = std::fs::read(&root)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&root, bytes)?;
+    // A signature by another key.
+    let sig = work
+        .join("unsigned")
+        .join(&version)
+        .join("manifest.json.sig");
+    std::fs::write(&sig, format!("{}\n", "ab".repeat(64)))?;
+    // Half of the root part.
+    let root = work.join("truncated").join(&version).join("root.img");
+    let bytes = std::fs::read(&root)?;
+    std::fs::write(&root, &bytes[..bytes.len() / 2])?;
+
+    let server = FileServer::start(&work)?;
+    let disk = TestDisk::fresh("update-tamper")?;
+    let mut node = disk.boot_with_user_data(&user_data(&server.url_for_node("flipped/")))?;
+    let ctl = reach(&mut node)?;
+    for (case, expected) in [
+        ("flipped", "sha256"),
+        ("unsigned", "signature"),
+        ("truncated", "truncated"),
+    ] {
+        let source = format!(
+            "updates.source={}",
+            server.url_for_node(&format!("{case}/"))
+        );
+        node.ctl_ok(&ctl, &["set", &source])?;
+        let out = node.run_ctl(&ctl, &["update", "download", "--wait"])?;
+        assert_ne!(out.code, 0, "{case}: {out:?}");
+        assert!(
+            out.stderr.to_lowercase().contains(expected),
+            "{case}: the error says {expected}: {out:?}"
+        );
+        let status = update_status(&mut node, &ctl)?;
+        assert_eq!(status["staged"], "", "{case}: nothing staged");
+        let apply = node.run_ctl(&ctl, &["update", "apply"])?;
+        assert_eq!(apply.code, 1, "{case}: nothing to apply: {apply:?}");
+    }
+    // Nothing became bootable: the next boot is the same version.
+    node.ctl_ok(&ctl, &["reboot"])?;
+    node.wait_exit()?;
+    let mut node = disk.boot()?;
+    let ready = node.wait_ready()?;
+    assert_eq!(ready.version, "0.1.0");
+    node.press_power_button()?;
+    node.wait_exit()?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

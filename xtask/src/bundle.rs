@@ -1,0 +1,908 @@
+//! `cargo xtask bundle`: turns a built disk image and its UKI into a signed
+//! update bundle under a source directory any web server can serve
+//! (format: the `carapace-bundle` crate), and keeps the update signing key.
+//!
+//! From the disk image it takes slot A — the first partition of type
+//! root-x86-64 and the first of type root-x86-64-verity — and:
+//!
+//! - reads `roothash=` from the UKI's `.cmdline` PE section and refuses to
+//!   go on unless slot A's partition UUIDs are its two halves (the disk and
+//!   the UKI come from the same build);
+//! - parses the verity superblock (`carapace_init::verity`) and takes the
+//!   hash device as long as the superblock says: the superblock block plus
+//!   the tree whose size follows from data blocks, block sizes and digest
+//!   size, exactly as the kernel lays it out (and as `veritysetup dump`
+//!   reports "Hash device size"). The alternative, cutting at the last
+//!   non-zero block, is a guess about the content: it would ship whatever
+//!   stale bytes followed the tree;
+//! - rebuilds the whole hash tree from the data and compares it, level by
+//!   level, with the hash partition, and its top with the root hash: a
+//!   bundle that would fail on the node is never published;
+//! - stores the data area without its trailing all-zero 4096-byte blocks
+//!   (the node writes zeros for the rest).
+//!
+//! The version's directory is written under a hidden staging name and
+//! renamed into place whole; `index.json` is replaced atomically.
+
+use anyhow::{bail, ensure, Context, Result};
+use carapace_bundle::{Index, Manifest, Part, RootPart, SigningKey, Version};
+use carapace_init::cmdline::RootHash;
+use carapace_init::gpt::{self, types, Partition};
+use carapace_init::verity::{Algorithm, Superblock, SUPERBLOCK_SIZE};
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The public half of the update key: 64 lowercase hex digits.
+pub type PublicKeyHex = String;
+
+/// The private key (PKCS#8 v2, mode 0600) in the key directory.
+pub const SIGNING_KEY_FILE: &str = "update-signing.pk8";
+/// The public key (64 hex digits and a newline) in the key directory; the
+/// image build copies it to /usr/lib/carapace/update-key.pub.
+pub const PUBLIC_KEY_FILE: &str = "update-key.pub";
+/// The oldest version the bundles made here may update from: every
+/// Carapace version so far. Raise it when a release needs a stepping stone.
+pub const MIN_FROM_VERSION: Version = Version::new(0, 1, 0);
+/// The unit in which trailing zeros are cut from the root data.
+const ZERO_BLOCK: u64 = 4096;
+/// The read buffer for streaming the data area.
+const CHUNK: usize = 1 << 20;
+
+/// Makes the update signing key on first use (`key_dir/update-signing.pk8`,
+/// mode 0600, and `key_dir/update-key.pub`) and returns the public key.
+/// Keeps `update-key.pub` equal to the private key's public half.
+pub fn ensure_key(key_dir: &Path) -> Result<PublicKeyHex> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(key_dir)
+        .with_context(|| format!("cannot create {}", key_dir.display()))?;
+    let private = key_dir.join(SIGNING_KEY_FILE);
+    let public = key_dir.join(PUBLIC_KEY_FILE);
+    if !private.exists() {
+        if public.exists() {
+            bail!(
+                "{} exists but the signing key {} does not: the key is lost. Nodes that carry \
+                 this public key accept only bundles signed by it. To start over with a new key \
+                 pair, remove {} (and reinstall the nodes).",
+                public.display(),
+                private.display(),
+                public.display()
+            );
+        }
+        let pkcs8 = SigningKey::generate()?;
+        write_atomically(&private, &pkcs8, 0o600)?;
+        eprintln!(
+            "xtask: made a new update signing key {} (keep it safe; it is not in git)",
+            private.display()
+        );
+    }
+    let key = load_signing_key(key_dir)?;
+    let hex = key.public_key().to_hex();
+    let text = format!("{hex}\n");
+    match fs::read_to_string(&public) {
+        Ok(existing) if existing == text => {}
+        Ok(_) => {
+            eprintln!(
+                "xtask: {} did not match {}: rewriting it",
+                public.display(),
+                private.display()
+            );
+            write_atomically(&public, text.as_bytes(), 0o644)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_atomically(&public, text.as_bytes(), 0o644)?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", public.display())),
+    }
+    Ok(hex)
+}
+
+/// The signing key of `key_dir`.
+fn load_signing_key(key_dir: &Path) -> Result<SigningKey> {
+    let private = key_dir.join(SIGNING_KEY_FILE);
+    let pkcs8 = fs::read(&private).with_context(|| format!("cannot read {}", private.display()))?;
+    SigningKey::from_pkcs8(&pkcs8).with_context(|| format!("{}", private.display()))
+}
+
+/// Writes the bundle of `version` from `disk_image` (slot A) and `uki` into
+/// `source_dir/<version>/`, signs its manifest with the key of `key_dir`
+/// (made on first use), adds the version to `source_dir/index.json`, and
+/// returns the version's directory.
+pub fn bundle(
+    disk_image: &Path,
+    uki: &Path,
+    version: &str,
+    key_dir: &Path,
+    source_dir: &Path,
+) -> Result<PathBuf> {
+    let version = Version::parse(version)
+        .with_context(|| format!("version {version:?} is not a semantic version"))?;
+    ensure!(
+        version.build.is_empty(),
+        "version {version} carries build metadata ('+…'), which systemd-boot would read as a boot counter"
+    );
+    ensure!(
+        version >= MIN_FROM_VERSION,
+        "version {version} is older than {MIN_FROM_VERSION}, the oldest version bundles update from"
+    );
+    ensure_key(key_dir)?;
+    let key = load_signing_key(key_dir)?;
+
+    // The disk's slot A and the UKI must be the same build.
+    let mut disk =
+        File::open(disk_image).with_context(|| format!("cannot open {}", disk_image.display()))?;
+    let slot = SlotA::read(&mut disk).with_context(|| format!("{}", disk_image.display()))?;
+    let uki_bytes = fs::read(uki).with_context(|| format!("cannot read {}", uki.display()))?;
+    let roothash = uki_roothash(&uki_bytes).with_context(|| format!("{}", uki.display()))?;
+    check_slot_names_roothash(&roothash, &slot.data, &slot.verity)
+        .with_context(|| format!("{} and {}", uki.display(), disk_image.display()))?;
+    let root: [u8; 32] = roothash
+        .as_bytes()
+        .try_into()
+        .context("the root hash is not a SHA-256 digest")?;
+
+    // The verity superblock says how much of each partition is used.
+    let data_offset = slot.data.first_lba * slot.sector_size;
+    let hash_offset = slot.verity.first_lba * slot.sector_size;
+    let mut sb_bytes = [0u8; SUPERBLOCK_SIZE];
+    disk.read_exact_at(&mut sb_bytes, hash_offset)
+        .context("cannot read the verity superblock")?;
+    let sb = Superblock::parse(&sb_bytes)
+        .with_context(|| format!("verity partition {}", slot.verity.number))?;
+    ensure!(
+        sb.algorithm == Algorithm::Sha256,
+        "the verity tree uses {}, but bundles carry SHA-256 root hashes",
+        sb.algorithm
+    );
+    sb.check_fits(
+        slot.data.size_bytes(slot.sector_size),
+        slot.verity.size_bytes(slot.sector_size),
+    )?;
+    let hash_bytes = sb.hash_device_bytes();
+    let mut hash_image = vec![0u8; usize::try_from(hash_bytes)?];
+    disk.read_exact_at(&mut hash_image, hash_offset)
+        .context("cannot read the verity hash tree")?;
+
+    // One pass over the data: where the trailing zeros start, and the
+    // digests of the data blocks, from which the tree is rebuilt.
+    let data_bytes = sb.data_bytes();
+    disk.seek(SeekFrom::Start(data_offset))?;
+    let scan = scan_data(&mut (&disk).take(data_bytes), &sb)?;
+    verify_tree(&sb, &scan.block_digests, &hash_image, &root)
+        .context("the disk's verity data does not match the UKI's root hash")?;
+    let stored_bytes = trimmed_len(scan.last_nonzero_end, data_bytes);
+
+    // Write the parts into a staging directory.
+    fs::create_dir_all(source_dir)
+        .with_context(|| format!("cannot create {}", source_dir.display()))?;
+    let staging = source_dir.join(format!(".{version}.partial"));
+    if staging.exists() {
+        fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot clear {}", staging.display()))?;
+    }
+    fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    disk.seek(SeekFrom::Start(data_offset))?;
+    let root_part = write_part(
+        &staging,
+        carapace_bundle::ROOT_FILE,
+        &mut (&disk).take(stored_bytes),
+        stored_bytes,
+    )?;
+    let verity_part = write_part(
+        &staging,
+        carapace_bundle::VERITY_FILE,
+        &mut hash_image.as_slice(),
+        hash_bytes,
+    )?;
+    let uki_len = u64::try_from(uki_bytes.len())?;
+    let uki_part = write_part(
+        &staging,
+        &carapace_bundle::uki_file_name(&version),
+        &mut uki_bytes.as_slice(),
+        uki_len,
+    )?;
+    let manifest = Manifest {
+        format: carapace_bundle::FORMAT,
+        version: version.clone(),
+        architecture: carapace_bundle::NODE_ARCHITECTURE.into(),
+        min_from_version: MIN_FROM_VERSION,
+        roothash: roothash.to_hex(),
+        root: RootPart {
+            file: root_part.file,
+            stored_bytes: root_part.bytes,
+            sha256: root_part.sha256,
+            data_bytes,
+        },
+        verity: verity_part,
+        uki: uki_part,
+    };
+    let manifest_bytes = manifest.to_bytes()?;
+    let signature = key.sign(&manifest_bytes).to_text();
+    // What a node will do, before anything is published.
+    let checked = carapace_bundle::verify(&key.public_key(), &manifest_bytes, &signature)?;
+    ensure!(
+        checked == manifest,
+        "the signed manifest does not read back"
+    );
+    write_file(
+        &staging.join(carapace_bundle::MANIFEST_FILE),
+        &manifest_bytes,
+    )?;
+    write_file(
+        &staging.join(carapace_bundle::SIGNATURE_FILE),
+        signature.as_bytes(),
+    )?;
+
+    // Publish: the version's directory whole, then the index.
+    let dir = source_dir.join(version.to_string());
+    if dir.exists() {
+        eprintln!("xtask: replacing the existing bundle {}", dir.display());
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    fs::rename(&staging, &dir)
+        .with_context(|| format!("cannot rename {} to {}", staging.display(), dir.display()))?;
+    add_to_index(source_dir, &version)?;
+    eprintln!(
+        "xtask: bundle {version}: root {} of {} bytes stored, verity {} bytes, UKI {} bytes, roothash {}",
+        manifest.root.stored_bytes,
+        manifest.root.data_bytes,
+        manifest.verity.bytes,
+        manifest.uki.bytes,
+        manifest.roothash
+    );
+    Ok(dir)
+}
+
+/// Slot A of a disk image, and the logical sector size its GPT was made for.
+struct SlotA {
+    sector_size: u64,
+    data: Partition,
+    verity: Partition,
+}
+
+impl SlotA {
+    /// Reads the GPT (trying 512-byte, then 4096-byte sectors) and picks
+    /// the first root-x86-64 and the first root-x86-64-verity partition.
+    fn read(disk: &mut File) -> Result<SlotA> {
+        let mut first_error = None;
+        for sector_size in [512u64, 4096] {
+            let parts = match gpt::read(disk, sector_size as usize) {
+                Ok((_, parts)) => parts,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            let data = gpt::partition_by_type(&parts, &types::ROOT_X86_64)
+                .context("no root-x86-64 partition (slot A) on the disk")?;
+            let verity = gpt::partition_by_type(&parts, &types::ROOT_VERITY_X86_64)
+                .context("no root-x86-64-verity partition (slot A's verity) on the disk")?;
+            return Ok(SlotA {
+                sector_size,
+                data: data.clone(),
+                verity: verity.clone(),
+            });
+        }
+        match first_error {
+            Some(e) => Err(e).context("no GPT on the disk image"),
+            None => bail!("no GPT on the disk image"),
+        }
+    }
+}
+
+/// The `roothash=` of a UKI: the command line is the PE section `.cmdline`.
+fn uki_roothash(uki: &[u8]) -> Result<RootHash> {
+    let section = pe_section(uki, b".cmdline")?.context("the UKI has no .cmdline section")?;
+    let end = section
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(section.len());
+    let cmdline =
+        std::str::from_utf8(&section[..end]).context("the UKI's command line is not UTF-8")?;
+    carapace_init::cmdline::roothash(cmdline)
+        .with_context(|| format!("the UKI's command line {:?}", cmdline.trim_end()))
+}
+
+/// The content of the PE section called `name` (at most its virtual size:
+/// the raw data is padded to the file alignment).
+fn pe_section<'a>(pe: &'a [u8], name: &[u8]) -> Result<Option<&'a [u8]>> {
+    let u16_at = |off: usize| -> Result<u16> {
+        let b = pe.get(off..off + 2).context("the PE file is truncated")?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |off: usize| -> Result<u32> {
+        let b = pe.get(off..off + 4).context("the PE file is truncated")?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    ensure!(pe.starts_with(b"MZ"), "not a PE file (no MZ header)");
+    let coff = usize::try_from(u32_at(0x3c)?)?;
+    ensure!(
+        pe.get(coff..coff + 4) == Some(&b"PE\0\0"[..]),
+        "not a PE file (no PE signature)"
+    );
+    let sections = usize::from(u16_at(coff + 6)?);
+    let optional_header = usize::from(u16_at(coff + 20)?);
+    let table = coff + 24 + optional_header;
+    for i in 0..sections {
+        let entry = table + 40 * i;
+        let raw_name = pe
+            .get(entry..entry + 8)
+            .context("the PE file is truncated")?;
+        let len = raw_name.iter().position(|&b| b == 0).unwrap_or(8);
+        if &raw_name[..len] != name {
+            continue;
+        }
+        let virtual_size = usize::try_from(u32_at(entry + 8)?)?;
+        let raw_size = usize::try_from(u32_at(entry + 16)?)?;
+        let raw_offset = usize::try_from(u32_at(entry + 20)?)?;
+        let size = if virtual_size == 0 {
+            raw_size
+        } else {
+            virtual_size.min(raw_size)
+        };
+        let data = pe
+            .get(raw_offset..raw_offset.saturating_add(size))
+            .context("a PE section lies past the end of the file")?;
+        return Ok(Some(data));
+    }
+    Ok(None)
+}
+
+/// Refuses a disk whose slot A partition UUIDs are not the halves of the
+/// root hash: first 128 bits for the data partition, last 128 bits for the
+/// verity partition, in canonical (printed) order, which is how stage 1
+/// finds them.
+fn check_slot_names_roothash(
+    roothash: &RootHash,
+    data: &Partition,
+    verity: &Partition,
+) -> Result<()> {
+    ensure!(
+        roothash.as_bytes().len() == 32,
+        "roothash={} is not a SHA-256 digest (64 hex digits)",
+        roothash.to_hex()
+    );
+    let want_data = gpt::Guid(roothash.data_partition_uuid());
+    let want_verity = gpt::Guid(roothash.hash_partition_uuid());
+    ensure!(
+        data.unique_guid == want_data && verity.unique_guid == want_verity,
+        "the UKI's roothash={} names data partition {want_data} and verity partition \
+         {want_verity}, but slot A is partition {} ({}) with verity partition {} ({}): \
+         the UKI and the disk are not from the same build",
+        roothash.to_hex(),
+        data.number,
+        data.unique_guid,
+        verity.number,
+        verity.unique_guid,
+    );
+    Ok(())
+}
+
+/// What one pass over the data area found.
+struct DataScan {
+    /// The end of the last non-zero byte (0 if all is zero).
+    last_nonzero_end: u64,
+    /// The salted digest of every data block, in order.
+    block_digests: Vec<[u8; 32]>,
+}
+
+/// Reads the data area (exactly `sb.data_bytes()`) once.
+fn scan_data(data: &mut impl Read, sb: &Superblock) -> Result<DataScan> {
+    let block = sb.data_block_size as usize;
+    let total = sb.data_bytes();
+    let zero_digest = salted(sb, &vec![0u8; block]);
+    let mut block_digests = Vec::with_capacity(usize::try_from(sb.data_blocks)?);
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    let mut last_nonzero_end = 0u64;
+    while at < total {
+        let n = usize::try_from((total - at).min(CHUNK as u64))?;
+        let chunk = &mut buf[..n];
+        data.read_exact(chunk)
+            .with_context(|| format!("cannot read the root data at byte {at} of {total}"))?;
+        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+            last_nonzero_end = at + i as u64 + 1;
+        }
+        // n is a multiple of the block size: the chunk is, and so is the total.
+        for b in chunk.chunks(block) {
+            let digest = if b.iter().all(|&x| x == 0) {
+                zero_digest
+            } else {
+                salted(sb, b)
+            };
+            block_digests.push(digest);
+        }
+        at += n as u64;
+    }
+    Ok(DataScan {
+        last_nonzero_end,
+        block_digests,
+    })
+}
+
+/// The stored size of a data area of `data_bytes` whose last non-zero byte
+/// ends at `last_nonzero_end`: whole 4096-byte blocks from the start, so
+/// only all-zero blocks are cut (a last partial block is kept whole).
+fn trimmed_len(last_nonzero_end: u64, data_bytes: u64) -> u64 {
+    last_nonzero_end
+        .div_ceil(ZERO_BLOCK)
+        .saturating_mul(ZERO_BLOCK)
+        .min(data_bytes)
+}
+
+/// A verity digest of one block: the salt first for hash type 1, last for
+/// type 0 (the Chromium OS format), as the kernel's verity_hash does.
+fn salted(sb: &Superblock, block: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    if sb.hash_type == 1 {
+        h.update(&sb.salt);
+        h.update(block);
+    } else {
+        h.update(block);
+        h.update(&sb.salt);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finalize().as_slice());
+    out
+}
+
+/// Rebuilds the hash tree from the data blocks' digests and compares every
+/// level with `hash_image` (superblock + tree) and the top with `root`.
+///
+/// Layout (the kernel's, Documentation/admin-guide/device-mapper/verity.rst
+/// and dm-verity-target.c): level 0 holds the digests of the data blocks,
+/// each level above the digests of the blocks below, `hash_block_size / 32`
+/// digests per block (zero-padded); the levels are stored top first,
+/// starting at hash block `hash_start_block` (1: after the superblock); the
+/// root hash is the digest of the single top block — or of the only data
+/// block when there is just one.
+fn verify_tree(
+    sb: &Superblock,
+    block_digests: &[[u8; 32]],
+    hash_image: &[u8],
+    root: &[u8; 32],
+) -> Result<()> {
+    ensure!(
+        sb.algorithm == Algorithm::Sha256,
+        "only SHA-256 trees are checked"
+    );
+    ensure!(
+        block_digests.len() as u64 == sb.data_blocks,
+        "{} data blocks read, the superblock says {}",
+        block_digests.len(),
+        sb.data_blocks
+    );
+    let hbs = sb.hash_block_size as usize;
+    let per_block = hbs / 32;
+    // Blocks per level, bottom first, as many levels as the kernel makes.
+    let mut counts = Vec::new();
+    let mut n = sb.data_blocks;
+    while n > 1 {
+        n = n.div_ceil(per_block as u64);
+        counts.push(n);
+    }
+    ensure!(
+        counts.iter().sum::<u64>() == sb.hash_tree_blocks(),
+        "tree of {counts:?} blocks per level, the superblock arithmetic says {}",
+        sb.hash_tree_blocks()
+    );
+    // Where each level starts, in hash blocks: the top level first.
+    let mut starts = vec![0u64; counts.len()];
+    let mut position = sb.hash_start_block();
+    for level in (0..counts.len()).rev() {
+        starts[level] = position;
+        position += counts[level];
+    }
+    ensure!(
+        position.saturating_mul(sb.hash_block_size as u64) == hash_image.len() as u64,
+        "the tree ends at hash block {position}, the hash image has {} bytes",
+        hash_image.len()
+    );
+    let mut digests: Vec<[u8; 32]> = block_digests.to_vec();
+    for (level, &start) in starts.iter().enumerate() {
+        let mut next = Vec::with_capacity(digests.len().div_ceil(per_block));
+        for (i, group) in digests.chunks(per_block).enumerate() {
+            let mut block = vec![0u8; hbs];
+            for (slot, d) in block.chunks_exact_mut(32).zip(group) {
+                slot.copy_from_slice(d);
+            }
+            let at = usize::try_from(start)? * hbs + i * hbs;
+            let stored = hash_image
+                .get(at..at + hbs)
+                .context("the hash image is shorter than the tree")?;
+            ensure!(
+                stored == block.as_slice(),
+                "hash block {} (level {level}) differs from the digests of the data",
+                start + i as u64
+            );
+            next.push(salted(sb, &block));
+        }
+        digests = next;
+    }
+    ensure!(
+        digests.len() == 1 && &digests[0] == root,
+        "the top of the tree hashes to {}, the root hash is {}",
+        digests
+            .first()
+            .map(|d| carapace_bundle::to_hex(d))
+            .unwrap_or_default(),
+        carapace_bundle::to_hex(root)
+    );
+    Ok(())
+}
+
+/// Copies exactly `len` bytes from `from` into `dir/name`, hashing them.
+fn write_part(dir: &Path, name: &str, from: &mut impl Read, len: u64) -> Result<Part> {
+    let path = dir.join(name);
+    let mut out =
+        File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    while done < len {
+        let n = usize::try_from((len - done).min(CHUNK as u64))?;
+        from.read_exact(&mut buf[..n])
+            .with_context(|| format!("{name}: cannot read byte {done} of {len}"))?;
+        sha.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        done += n as u64;
+    }
+    out.sync_all()?;
+    Ok(Part {
+        file: name.to_string(),
+        bytes: len,
+        sha256: carapace_bundle::to_hex(sha.finalize().as_slice()),
+    })
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Writes `path` whole or not at all (a temporary file in the same
+/// directory, created with `mode`, then renamed).
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Adds `version` to `source_dir/index.json` (made if missing).
+fn add_to_index(source_dir: &Path, version: &Version) -> Result<()> {
+    let path = source_dir.join(carapace_bundle::INDEX_FILE);
+    let mut index = match fs::read(&path) {
+        Ok(bytes) => Index::parse(&bytes).with_context(|| format!("{}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    index.add(version.clone());
+    write_atomically(&path, &index.to_bytes()?, 0o644)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DISK_512: &[u8] = include_bytes!("../../init/testdata/repart-512.head.bin");
+    const SFDISK_512: &str = include_str!("../../init/testdata/repart-512.sfdisk.json");
+    const ROOT_HASH_512: &str = include_str!("../../init/testdata/repart-512.roothash");
+    const DISK_4096: &[u8] = include_bytes!("../../init/testdata/repart-4096.head.bin");
+    const SFDISK_4096: &str = include_str!("../../init/testdata/repart-4096.sfdisk.json");
+    const ROOT_HASH_4096: &str = include_str!("../../init/testdata/repart-4096.roothash");
+    const SB_4096: &[u8] = include_bytes!("../../init/testdata/repart-4096.verity-superblock.bin");
+    const DUMP_4096: &str = include_str!("../../init/testdata/repart-4096.veritysetup-dump.txt");
+    const SB_512: &[u8] = include_bytes!("../../init/testdata/repart-512.verity-superblock.bin");
+    const DUMP_512: &str = include_str!("../../init/testdata/repart-512.veritysetup-dump.txt");
+
+    fn slot_of(head: &[u8], sector: usize) -> (Partition, Partition) {
+        let parts = gpt::parse(head, sector).expect("gpt");
+        let data = gpt::partition_by_type(&parts, &types::ROOT_X86_64).expect("root");
+        let verity = gpt::partition_by_type(&parts, &types::ROOT_VERITY_X86_64).expect("verity");
+        (data.clone(), verity.clone())
+    }
+
+    fn sfdisk_uuid(json: &str, type_guid: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(json).expect("json");
+        v["partitiontable"]["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .find(|p| p["type"] == type_guid)
+            .and_then(|p| p["uuid"].as_str())
+            .expect("uuid")
+            .to_string()
+    }
+
+    #[test]
+    fn slot_uuids_agree_with_the_roothash_as_sfdisk_shows_them() {
+        for (head, sector, sfdisk, hash) in [
+            (DISK_512, 512, SFDISK_512, ROOT_HASH_512),
+            (DISK_4096, 4096, SFDISK_4096, ROOT_HASH_4096),
+        ] {
+            let roothash = RootHash::from_hex(hash.trim()).expect("hash");
+            let (data, verity) = slot_of(head, sector);
+            check_slot_names_roothash(&roothash, &data, &verity).expect("agree");
+            // sfdisk prints the halves of the root hash as they are.
+            let hex = hash.trim().to_uppercase();
+            let printed = |s: &str| s.replace('-', "");
+            assert_eq!(
+                printed(&sfdisk_uuid(sfdisk, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")),
+                hex[..32]
+            );
+            assert_eq!(
+                printed(&sfdisk_uuid(sfdisk, "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5")),
+                hex[32..]
+            );
+            assert_eq!(
+                data.unique_guid.to_string().to_uppercase(),
+                sfdisk_uuid(sfdisk, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
+            );
+        }
+    }
+
+    #[test]
+    fn another_roothash_is_refused() {
+        let (data, verity) = slot_of(DISK_4096, 4096);
+        // The 512-byte disk's hash does not name the 4096-byte disk's slot.
+        let other = RootHash::from_hex(ROOT_HASH_512.trim()).expect("hash");
+        let err = check_slot_names_roothash(&other, &data, &verity).expect_err("disagree");
+        assert!(err.to_string().contains("not from the same build"), "{err}");
+        // Swapped halves: right UUIDs, wrong partitions.
+        let hex = ROOT_HASH_4096.trim();
+        let swapped = format!("{}{}", &hex[32..], &hex[..32]);
+        let swapped = RootHash::from_hex(&swapped).expect("hash");
+        assert!(check_slot_names_roothash(&swapped, &data, &verity).is_err());
+        // A SHA-512 sized hash is refused outright.
+        let long = RootHash::from_hex(&"ab".repeat(64)).expect("hash");
+        assert!(check_slot_names_roothash(&long, &data, &verity)
+            .expect_err("not sha256")
+            .to_string()
+            .contains("not a SHA-256 digest"));
+    }
+
+    fn dump_field(dump: &str, field: &str) -> u64 {
+        dump.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .map(|v| v.trim().trim_end_matches(" [bytes]").to_string())
+            .expect("field")
+            .parse()
+            .expect("number")
+    }
+
+    #[test]
+    fn the_hash_device_size_is_what_veritysetup_reports() {
+        for (sb, dump) in [(SB_4096, DUMP_4096), (SB_512, DUMP_512)] {
+            let sb = Superblock::parse(sb).expect("superblock");
+            assert_eq!(sb.hash_device_bytes(), dump_field(dump, "Hash device size"));
+            assert_eq!(sb.hash_tree_blocks(), dump_field(dump, "Hash blocks"));
+        }
+    }
+
+    #[test]
+    fn trailing_zero_blocks_are_cut_in_4096_byte_units() {
+        let data = 128u64 << 20;
+        assert_eq!(trimmed_len(0, data), 0);
+        assert_eq!(trimmed_len(1, data), 4096);
+        assert_eq!(trimmed_len(4096, data), 4096);
+        assert_eq!(trimmed_len(4097, data), 8192);
+        assert_eq!(trimmed_len(data, data), data);
+        // A data area that is not a multiple of 4096 keeps its last partial block.
+        assert_eq!(trimmed_len(8192 + 10, 8192 + 512), 8192 + 512);
+    }
+
+    /// A superblock for `blocks` data blocks of 512 bytes, 512-byte hash
+    /// blocks (16 digests each), a salt.
+    fn small_sb(blocks: u64, hash_type: u32) -> Superblock {
+        Superblock {
+            hash_type,
+            uuid: [7; 16],
+            algorithm: Algorithm::Sha256,
+            data_block_size: 512,
+            hash_block_size: 512,
+            data_blocks: blocks,
+            salt: b"pepper".to_vec(),
+        }
+    }
+
+    /// Builds data and its hash image the way veritysetup would, written
+    /// independently of `verify_tree`: level by level into a map keyed by
+    /// level, then laid out top first.
+    fn build(sb: &Superblock, data: &[u8]) -> (Vec<u8>, [u8; 32]) {
+        let mut levels: Vec<Vec<u8>> = Vec::new();
+        let mut digests: Vec<[u8; 32]> = data.chunks(512).map(|b| salted(sb, b)).collect();
+        while digests.len() > 1 {
+            let mut level = Vec::new();
+            for group in digests.chunks(16) {
+                let mut block = group.concat();
+                block.resize(512, 0);
+                level.push(block);
+            }
+            digests = level.iter().map(|b| salted(sb, b)).collect();
+            levels.push(level.concat());
+        }
+        let mut image = vec![0u8; 512];
+        image[..8].copy_from_slice(b"verity\0\0");
+        for level in levels.iter().rev() {
+            image.extend_from_slice(level);
+        }
+        (image, digests[0])
+    }
+
+    fn data_of(blocks: usize) -> Vec<u8> {
+        let mut data = vec![0u8; blocks * 512];
+        for (i, b) in data.iter_mut().enumerate().take(blocks * 512 / 3) {
+            *b = (i % 253) as u8 + 1;
+        }
+        data
+    }
+
+    #[test]
+    fn the_tree_check_accepts_a_right_tree_and_refuses_any_change() {
+        // 1 block (no tree), 16 (one level), 17 and 300 (two and three levels).
+        for (blocks, hash_type) in [(1, 1), (16, 1), (17, 1), (300, 1), (300, 0)] {
+            let sb = small_sb(blocks as u64, hash_type);
+            let data = data_of(blocks);
+            let (image, root) = build(&sb, &data);
+            assert_eq!(image.len() as u64, sb.hash_device_bytes(), "{blocks}");
+            let scan = scan_data(&mut data.as_slice(), &sb).expect("scan");
+            assert_eq!(scan.last_nonzero_end, (blocks * 512 / 3) as u64);
+            verify_tree(&sb, &scan.block_digests, &image, &root).expect("right tree");
+            let mut wrong_root = root;
+            wrong_root[0] ^= 1;
+            assert!(verify_tree(&sb, &scan.block_digests, &image, &wrong_root).is_err());
+            // The first and last byte of the tree (there is none for one block).
+            let tree = if image.len() > 512 {
+                vec![512, image.len() - 1]
+            } else {
+                vec![]
+            };
+            for at in tree {
+                let mut bad = image.clone();
+                bad[at] ^= 1;
+                assert!(
+                    verify_tree(&sb, &scan.block_digests, &bad, &root).is_err(),
+                    "{blocks} blocks, byte {at}"
+                );
+            }
+            let mut bad_data = data.clone();
+            bad_data[0] ^= 1;
+            let scan = scan_data(&mut bad_data.as_slice(), &sb).expect("scan");
+            assert!(verify_tree(&sb, &scan.block_digests, &image, &root).is_err());
+        }
+    }
+
+    #[test]
+    fn a_short_data_area_is_an_error() {
+        let sb = small_sb(4, 1);
+        let data = vec![1u8; 3 * 512];
+        assert!(scan_data(&mut data.as_slice(), &sb).is_err());
+    }
+
+    /// A minimal PE file: MZ header, PE signature, COFF header with no
+    /// optional header, and the given sections.
+    fn pe_with(sections: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let coff = 0x40usize;
+        let table = coff + 24;
+        let mut data_at = table + 40 * sections.len();
+        let mut pe = vec![0u8; data_at];
+        pe[..2].copy_from_slice(b"MZ");
+        pe[0x3c..0x40].copy_from_slice(&(coff as u32).to_le_bytes());
+        pe[coff..coff + 4].copy_from_slice(b"PE\0\0");
+        pe[coff + 6..coff + 8].copy_from_slice(&(sections.len() as u16).to_le_bytes());
+        for (i, (name, content)) in sections.iter().enumerate() {
+            let e = table + 40 * i;
+            pe[e..e + name.len()].copy_from_slice(name);
+            let raw = content.len().div_ceil(512) * 512;
+            pe[e + 8..e + 12].copy_from_slice(&(content.len() as u32).to_le_bytes());
+            pe[e + 16..e + 20].copy_from_slice(&(raw as u32).to_le_bytes());
+            pe[e + 20..e + 24].copy_from_slice(&(data_at as u32).to_le_bytes());
+            pe.resize(data_at, 0);
+            pe.extend_from_slice(content);
+            pe.resize(data_at + raw, 0);
+            data_at += raw;
+        }
+        pe
+    }
+
+    #[test]
+    fn roothash_comes_from_the_cmdline_section() {
+        let hash = ROOT_HASH_4096.trim();
+        let cmdline = format!("console=ttyS0 roothash={hash} quiet\n");
+        // Another section mentions a roothash too (the initrd holds our own
+        // binary's strings): only .cmdline counts.
+        let decoy = format!("roothash={}", "0".repeat(64));
+        let pe = pe_with(&[
+            (b".linux", b"kernel"),
+            (b".initrd", decoy.as_bytes()),
+            (b".cmdline", cmdline.as_bytes()),
+        ]);
+        assert_eq!(uki_roothash(&pe).expect("found").to_hex(), hash);
+    }
+
+    #[test]
+    fn a_uki_without_roothash_is_refused() {
+        let pe = pe_with(&[(b".cmdline", b"console=ttyS0")]);
+        assert!(uki_roothash(&pe).is_err());
+        let pe = pe_with(&[(b".linux", b"kernel")]);
+        let err = uki_roothash(&pe).expect_err("no cmdline");
+        assert!(
+            format!("{err:#}").contains("no .cmdline section"),
+            "{err:#}"
+        );
+        assert!(uki_roothash(b"not a PE").is_err());
+        assert!(uki_roothash(b"MZ").is_err());
+        let mut truncated = pe_with(&[(b".cmdline", b"roothash=00")]);
+        truncated.truncate(0x50);
+        assert!(uki_roothash(&truncated).is_err());
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xtask-bundle-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn the_key_is_made_once_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("key");
+        let first = ensure_key(&dir).expect("made");
+        assert_eq!(first.len(), 64);
+        let mode = fs::metadata(dir.join(SIGNING_KEY_FILE))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            fs::read_to_string(dir.join(PUBLIC_KEY_FILE)).expect("pub"),
+            format!("{first}\n")
+        );
+        // Same key on the next run; a damaged public file is rewritten.
+        fs::write(dir.join(PUBLIC_KEY_FILE), "junk\n").expect("write");
+        assert_eq!(ensure_key(&dir).expect("kept"), first);
+        assert_eq!(
+            fs::read_to_string(dir.join(PUBLIC_KEY_FILE)).expect("pub"),
+            format!("{first}\n")
+        );
+        // A lost private key is not silently replaced.
+        fs::remove_file(dir.join(SIGNING_KEY_FILE)).expect("rm");
+        let err = ensure_key(&dir).expect_err("lost");
+        assert!(err.to_string().contains("the key is lost"), "{err}");
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_index_gains_versions_in_order() {
+        let dir = temp_dir("index");
+        fs::create_dir_all(&dir).expect("dir");
+        for v in ["0.10.0", "0.9.0", "0.10.0"] {
+            add_to_index(&dir, &Version::parse(v).expect("v")).expect("added");
+        }
+        assert_eq!(
+            fs::read_to_string(dir.join("index.json")).expect("index"),
+            "{\"format\":1,\"versions\":[\"0.9.0\",\"0.10.0\"]}\n"
+        );
+        fs::remove_dir_all(&dir).ok();
+    }
+}
