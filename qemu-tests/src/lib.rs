@@ -696,40 +696,67 @@ pub fn find_file_block_in_root(disk: &TestDisk, file: &Path) -> Result<u64> {
     }
 }
 
-
 /// A static file server on the host's loopback for update bundles: the node
 /// reaches it as `http://10.0.2.2:<port>/` through QEMU's user network.
 pub struct FileServer {
     pub port: u16,
     /// Every path requested, in order.
     pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Bytes of file bodies sent so far, over all requests.
+    pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FileServer {
     /// Serves the files under `root` (GET only; no directory listings).
     pub fn start(root: &Path) -> Result<FileServer> {
+        FileServer::start_paced(root, None)
+    }
+
+    /// Like [`FileServer::start`], sending at most `bytes_per_second` of
+    /// each body (when given), so that a test can act mid-download.
+    pub fn start_paced(root: &Path, bytes_per_second: Option<u64>) -> Result<FileServer> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seen = requests.clone();
+        let counter = sent.clone();
         let root = root.to_path_buf();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let root = root.clone();
                 let seen = seen.clone();
-                std::thread::spawn(move || serve_file(stream, &root, &seen));
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    serve_file(stream, &root, &seen, &counter, bytes_per_second)
+                });
             }
         });
-        Ok(FileServer { port, requests })
+        Ok(FileServer {
+            port,
+            requests,
+            sent,
+        })
     }
 
     /// The source URL as the node sees it.
     pub fn url_for_node(&self, dir: &str) -> String {
         format!("http://10.0.2.2:{}/{dir}", self.port)
     }
+
+    /// Bytes of file bodies sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
-fn serve_file(mut stream: std::net::TcpStream, root: &Path, seen: &std::sync::Mutex<Vec<String>>) {
+fn serve_file(
+    mut stream: std::net::TcpStream,
+    root: &Path,
+    seen: &std::sync::Mutex<Vec<String>>,
+    sent: &std::sync::atomic::AtomicU64,
+    bytes_per_second: Option<u64>,
+) {
     use std::io::BufRead;
     let Ok(clone) = stream.try_clone() else {
         return;
@@ -761,8 +788,20 @@ fn serve_file(mut stream: std::net::TcpStream, root: &Path, seen: &std::sync::Mu
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(&body);
+            if stream.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            // Paced: a tenth of the rate every 100 ms.
+            let chunk = bytes_per_second.map_or(body.len().max(1), |r| (r as usize / 10).max(1));
+            for piece in body.chunks(chunk) {
+                if stream.write_all(piece).is_err() {
+                    return;
+                }
+                sent.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                if bytes_per_second.is_some() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
         }
         _ => {
             let _ = stream.write_all(

@@ -77,12 +77,38 @@ fn a_new_version_is_downloaded_applied_booted_and_blessed() -> Result<()> {
         "the first version is blessed as built"
     );
 
+    // The daemon answers a real D-Bus client on the node, as root only.
+    node.wait_until("the D-Bus probe called as uid 65534", |t| {
+        t.contains("dbus-probe: as uid 65534: ")
+    })?;
+    assert!(
+        node.transcript
+            .contains("dbus-probe: as root: running=0.1.0 slot=a state=idle"),
+        "Status answers root over D-Bus"
+    );
+    assert!(
+        node.transcript
+            .contains("dbus-probe: as uid 65534: refused: org.freedesktop.DBus.Error.AccessDenied"),
+        "a non-root caller is refused"
+    );
+
     let out = node.ctl_ok(&ctl, &["update", "check"])?;
     assert!(out.contains("0.2.0 is available"), "{out}");
     node.ctl_ok(&ctl, &["update", "download", "--wait"])?;
     let status = update_status(&mut node, &ctl)?;
     assert_eq!(status["staged"], "0.2.0", "{status}");
     node.ctl_ok(&ctl, &["update", "apply"])?;
+    // Every step went out as a StateChanged signal.
+    node.wait_until("the probe saw ready-to-reboot", |t| {
+        t.contains("dbus-probe: signal state=ready-to-reboot")
+    })?;
+    for state in ["downloading", "verifying"] {
+        assert!(
+            node.transcript
+                .contains(&format!("dbus-probe: signal state={state}")),
+            "a StateChanged signal for {state}"
+        );
+    }
     node.ctl_ok(&ctl, &["reboot"])?;
     node.wait_exit()?;
 
@@ -114,6 +140,31 @@ fn a_new_version_is_downloaded_applied_booted_and_blessed() -> Result<()> {
             .unwrap_or(false),
         "the root came from the host's server"
     );
+
+    // And again, from 0.2.0 on slot b to 0.4.0 back on slot a.
+    node.ctl_ok(
+        &ctl,
+        &[
+            "set",
+            &format!("updates.source={}", server.url_for_node("next/")),
+        ],
+    )?;
+    node.ctl_ok(&ctl, &["update", "download", "--wait"])?;
+    node.ctl_ok(&ctl, &["update", "apply"])?;
+    node.ctl_ok(&ctl, &["reboot"])?;
+    node.wait_exit()?;
+    let mut node = disk.boot()?;
+    let (ctl, version) = ready_version(&mut node)?;
+    assert_eq!(version, "0.4.0");
+    node.wait_until("0.4.0 blessed itself", |t| {
+        t.contains("carapace-update: 0.4.0 is healthy: blessed")
+    })?;
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(status["running"], "0.4.0");
+    assert_eq!(status["slot"], "a", "the slots alternate");
+    assert_eq!(status["fallback"], "0.2.0");
+    let hostname = node.ctl_ok(&ctl, &["--output", "json", "get", "hostname"])?;
+    assert_eq!(hostname.trim(), "\"updated-node\"");
     node.press_power_button()?;
     node.wait_exit()?;
     Ok(())
@@ -198,9 +249,9 @@ fn tampered_unsigned_and_truncated_bundles_are_refused() -> Result<()> {
     let mut node = disk.boot_with_user_data(&user_data(&server.url_for_node("flipped/")))?;
     let ctl = reach(&mut node)?;
     for (case, expected) in [
-        ("flipped", "sha256"),
-        ("unsigned", "signature"),
-        ("truncated", "truncated"),
+        ("flipped", "sha-256 mismatch"),
+        ("unsigned", "signature does not match"),
+        ("truncated", "truncated: got"),
     ] {
         let source = format!(
             "updates.source={}",
@@ -227,5 +278,54 @@ fn tampered_unsigned_and_truncated_bundles_are_refused() -> Result<()> {
     node.press_power_button()?;
     node.wait_exit()?;
     let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+#[test]
+fn a_power_cut_mid_write_or_after_the_uki_leaves_a_good_version() -> Result<()> {
+    // Paced at 512 KiB/s, so the cut lands while the root part is written.
+    let server = FileServer::start_paced(&update_sources(), Some(512 * 1024))?;
+    let disk = TestDisk::fresh("update-power-cut")?;
+    let mut node = disk.boot_with_user_data(&user_data(&server.url_for_node("good/")))?;
+    let ctl = reach(&mut node)?;
+    node.ctl_ok(&ctl, &["update", "download"])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while server.bytes_sent() < 1 << 20 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the download never got going"
+        );
+        node.drain();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(status["state"], "downloading", "cut mid-write: {status}");
+    node.monitor("quit")?;
+    node.wait_exit()?;
+
+    // Back on 0.1.0, with nothing of the half-written slot bootable.
+    let mut node = disk.boot()?;
+    let (ctl, version) = ready_version(&mut node)?;
+    assert_eq!(version, "0.1.0");
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(status["blessed"], true, "{status}");
+    assert_eq!(status["staged"], "", "{status}");
+
+    // Again, whole this time, cut right after the UKI went in: the next boot
+    // tries the new version, which comes up and blesses itself.
+    node.ctl_ok(&ctl, &["update", "download", "--wait"])?;
+    node.ctl_ok(&ctl, &["update", "apply"])?;
+    node.monitor("quit")?;
+    node.wait_exit()?;
+    let mut node = disk.boot()?;
+    let (ctl, version) = ready_version(&mut node)?;
+    assert_eq!(version, "0.2.0");
+    node.wait_until("0.2.0 blessed itself", |t| {
+        t.contains("carapace-update: 0.2.0 is healthy: blessed")
+    })?;
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(status["fallback"], "0.1.0", "{status}");
+    node.press_power_button()?;
+    node.wait_exit()?;
     Ok(())
 }

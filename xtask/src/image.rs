@@ -74,6 +74,7 @@ const NODE_BINS: &[(&str, &str)] = &[
 const TEST_BINS: &[(&str, &str)] = &[
     ("qemu-tests", "carapace-test-checker"),
     ("qemu-tests", "carapace-test-crasher"),
+    ("qemu-tests", "carapace-test-dbus"),
 ];
 
 /// Builds (or reuses) the image of `variant`.

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_update;
 mod binaries;
 mod bundle;
 mod cpio;
@@ -36,6 +37,8 @@ commands:
   bench api [CLIENTS] [SECONDS]
                     measure the API over TLS: read and commit latency, then CLIENTS
                     (default 32) concurrent clients for SECONDS (default 30)
+  bench update      measure an A/B update: bundle size, download-and-apply time,
+                    reboot to blessed, and our verity check against veritysetup
 ";
 
 fn main() {
@@ -117,7 +120,10 @@ fn real_main() -> Result<()> {
                 let secs = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(30);
                 bench_api::api(&root, clients, secs)?;
             }
-            _ => bail!("usage: cargo xtask bench boot [N] | bench api [CLIENTS] [SECONDS]"),
+            Some("update") => bench_update::update(&root)?,
+            _ => bail!(
+                "usage: cargo xtask bench boot [N] | bench api [CLIENTS] [SECONDS] | bench update"
+            ),
         },
         Some("-h") | Some("--help") | Some("help") | None => print!("{USAGE}"),
         Some(other) => bail!("unknown command {other:?}\n{USAGE}"),
@@ -155,9 +161,10 @@ fn test(root: &Path) -> Result<()> {
 }
 
 /// The update sources the update tests download from: `good/` offers the
-/// test image as version 0.2.0 (with a changed file), `broken/` a version
-/// 0.3.0 whose API never answers.
-fn update_sources(root: &Path) -> Result<PathBuf> {
+/// test image as version 0.2.0 (with a changed file), `next/` as 0.4.0 (the
+/// update after that, back into the first slot), `broken/` a version 0.3.0
+/// whose API never answers.
+pub(crate) fn update_sources(root: &Path) -> Result<PathBuf> {
     let sources = root.join("build/updates");
     if sources.exists() {
         std::fs::remove_dir_all(&sources)?;
@@ -168,6 +175,13 @@ fn update_sources(root: &Path) -> Result<PathBuf> {
             "good",
             image::Variant::TestUpdate {
                 version: "0.2.0",
+                broken: false,
+            },
+        ),
+        (
+            "next",
+            image::Variant::TestUpdate {
+                version: "0.4.0",
                 broken: false,
             },
         ),

@@ -331,10 +331,14 @@ impl Engine {
         data: (Guid, String),
         verity: (Guid, String),
     ) -> Result<(), String> {
+        use std::os::unix::fs::OpenOptionsExt;
         let dev = self.disk_device();
+        // O_DSYNC: each write is on the disk before the next starts, so the
+        // backup table is whole before the primary one changes.
         let mut disk = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(rustix::fs::OFlags::DSYNC.bits() as i32)
             .open(&dev)
             .map_err(|e| format!("cannot open {dev}: {e}"))?;
         let sector = self.sector_size();
@@ -397,6 +401,7 @@ impl Engine {
 
         // Stream the parts in.
         self.enter(State::Downloading);
+        let started = std::time::Instant::now();
         let data_dev = self.partition_device(target.data.number);
         let verity_dev = self.partition_device(target.verity.number);
         let total = (manifest.root.stored_bytes + manifest.verity.bytes) as f64;
@@ -428,8 +433,10 @@ impl Engine {
         )
         .await?;
 
+        let written = started.elapsed();
         // Re-read what was written and rebuild the tree.
         self.enter(State::Verifying);
+        let verifying = std::time::Instant::now();
         let roothash = parse_hash(&manifest.roothash)?;
         let hash_image = read_prefix(&verity_dev, manifest.verity.bytes)?;
         let data = std::fs::File::open(&data_dev).map_err(|e| format!("{data_dev}: {e}"))?;
@@ -445,6 +452,16 @@ impl Engine {
             )
         })?;
 
+        let verified = verifying.elapsed();
+        println!(
+            "carapace-update: wrote {} to slot {}: {} bytes in {} ms; verified {} bytes in {} ms",
+            manifest.version,
+            target.letter,
+            manifest.root.stored_bytes + manifest.verity.bytes,
+            written.as_millis(),
+            manifest.root.data_bytes + manifest.verity.bytes,
+            verified.as_millis()
+        );
         // Only now does the slot get the identity the new UKI looks for.
         self.enter(State::Writing);
         let label = format!("carapace_{}", manifest.version);
