@@ -305,6 +305,9 @@ pub struct Node {
     pub api_port: u16,
     /// Everything read from the console so far.
     pub transcript: String,
+    /// Every boot of the disk's console, appended to
+    /// `target/qemu-tests/<test>-<pid>.console` for reading after a failure.
+    log: Option<std::fs::File>,
 }
 
 /// The node's API port, as the image serves it.
@@ -366,16 +369,25 @@ impl Node {
             .strip_ansi_escape_codes(true);
         let session =
             spawn_with_options(cmd, options).context("cannot start qemu-system-x86_64")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(disk.dir.with_extension("console"))
+            .ok();
         Ok(Node {
             session,
             monitor,
             api_port,
             transcript: String::new(),
+            log,
         })
     }
 
     fn record(&mut self, text: &str) {
         self.transcript.push_str(text);
+        if let Some(log) = self.log.as_mut() {
+            let _ = log.write_all(text.as_bytes());
+        }
     }
 
     /// Waits for `needle` on the console; returns what came before it.
@@ -417,8 +429,17 @@ impl Node {
 
     /// Reads the console line by line until `done` holds for everything read
     /// so far (for lines that come in no fixed order).
+    /// Gives up after [`EXPECT_TIMEOUT`] in all, even while lines keep coming.
     pub fn wait_until(&mut self, what: &str, done: impl Fn(&str) -> bool) -> Result<()> {
+        let deadline = std::time::Instant::now() + EXPECT_TIMEOUT;
         while !done(&self.transcript) {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "waiting until {what}: not within {} s\n--- console so far ---\n{}",
+                    EXPECT_TIMEOUT.as_secs(),
+                    self.transcript
+                );
+            }
             self.expect_regex("\r?\n")
                 .with_context(|| format!("waiting until {what}"))?;
         }

@@ -55,7 +55,8 @@ impl DbusUpdates {
     ) -> Result<carapace_update::dbus::Update1ClientProxy<'static>, UpdateError> {
         let mut conn = self.conn.lock().await;
         if conn.is_none() {
-            let c = zbus::Connection::system()
+            let c = carapace_update::dbus::system_bus()
+                .build()
                 .await
                 .map_err(|e| UpdateError::Unavailable(format!("the system bus: {e}")))?;
             *conn = Some(c);

@@ -23,6 +23,14 @@ use zbus::{fdo, interface, Connection};
 
 /// The bus name, object path and interface name.
 pub const NAME: &str = "org.carapace.Update1";
+/// The node's system bus (carapace-bus). Named outright: zbus's default,
+/// /var/run/…, is on the state partition here, not a link to /run.
+pub const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
+
+/// A connection builder for the node's system bus.
+pub fn system_bus<'a>() -> zbus::connection::Builder<'a> {
+    zbus::connection::Builder::address(SYSTEM_BUS)
+}
 pub const PATH: &str = "/org/carapace/Update1";
 
 /// The object served at [`PATH`].

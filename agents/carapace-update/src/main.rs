@@ -118,7 +118,7 @@ async fn connect(engine: &Arc<Engine>) -> Result<zbus::Connection, String> {
         let object = Update1 {
             engine: engine.clone(),
         };
-        let built = zbus::connection::Builder::system()
+        let built = carapace_update::dbus::system_bus()
             .name(NAME)
             .serve_at(PATH, object)
             .build()

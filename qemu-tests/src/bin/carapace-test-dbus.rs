@@ -25,7 +25,7 @@ fn say(msg: &str) {
 async fn proxy() -> Result<(zbus::Connection, Update1ClientProxy<'static>), String> {
     let mut last = String::new();
     for _ in 0..120 {
-        match zbus::Connection::system().await {
+        match carapace_update::dbus::system_bus().build().await {
             Ok(conn) => match Update1ClientProxy::new(&conn).await {
                 Ok(p) => match p.status().await {
                     Ok(_) => return Ok((conn, p)),
