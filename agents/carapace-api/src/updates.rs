@@ -64,6 +64,18 @@ impl DbusUpdates {
         let c = conn
             .clone()
             .ok_or_else(|| UpdateError::Unavailable("no bus connection".into()))?;
+        match carapace_update::dbus::daemon_present(&c).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(UpdateError::Unavailable(
+                    "the update daemon is not on the system bus (not running yet?)".into(),
+                ))
+            }
+            Err(e) => {
+                *conn = None;
+                return Err(UpdateError::Unavailable(format!("the system bus: {e}")));
+            }
+        }
         carapace_update::dbus::Update1ClientProxy::new(&c)
             .await
             .map_err(|e| UpdateError::Unavailable(e.to_string()))
@@ -71,17 +83,6 @@ impl DbusUpdates {
 
     async fn run(&self, op: UpdateOp) -> UpdateResult {
         let proxy = self.proxy().await?;
-        let mapped = |e: zbus::Error| match e {
-            zbus::Error::MethodError(name, message, _)
-                if name.as_str() == "org.freedesktop.DBus.Error.Failed" =>
-            {
-                UpdateError::Refused(message.unwrap_or_default())
-            }
-            other => {
-                // A stale connection (the bus restarted) is dropped for the next call.
-                UpdateError::Unavailable(format!("the update daemon: {other}"))
-            }
-        };
         let result = match op {
             UpdateOp::Status => proxy
                 .status()
@@ -104,7 +105,7 @@ impl DbusUpdates {
                 .await
                 .map(|()| serde_json::json!({ "requested": "cancel" })),
         };
-        let result = result.map_err(mapped);
+        let result = result.map_err(map_error);
         if matches!(result, Err(UpdateError::Unavailable(_))) {
             *self.conn.lock().await = None;
         }
@@ -112,8 +113,47 @@ impl DbusUpdates {
     }
 }
 
+/// The daemon refuses with org.freedesktop.DBus.Error.Failed (a refusal the
+/// caller can act on), which zbus hands over in either of two forms; any
+/// other error means the daemon could not be asked.
+fn map_error(e: zbus::Error) -> UpdateError {
+    match e {
+        zbus::Error::MethodError(name, message, _)
+            if name.as_str() == "org.freedesktop.DBus.Error.Failed" =>
+        {
+            UpdateError::Refused(message.unwrap_or_default())
+        }
+        zbus::Error::FDO(fdo) => match *fdo {
+            zbus::fdo::Error::Failed(message) => UpdateError::Refused(message),
+            other => UpdateError::Unavailable(format!("the update daemon: {other}")),
+        },
+        other => UpdateError::Unavailable(format!("the update daemon: {other}")),
+    }
+}
+
 impl Updates for DbusUpdates {
     fn call(&self, op: UpdateOp) -> Pin<Box<dyn Future<Output = UpdateResult> + Send + '_>> {
         Box::pin(self.run(op))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_by_the_daemon_is_a_refusal_and_anything_else_unavailable() {
+        let failed = zbus::Error::FDO(Box::new(zbus::fdo::Error::Failed(
+            "nothing is downloaded".into(),
+        )));
+        assert!(
+            matches!(map_error(failed), UpdateError::Refused(m) if m == "nothing is downloaded")
+        );
+        let denied = zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied("no".into())));
+        assert!(matches!(map_error(denied), UpdateError::Unavailable(_)));
+        assert!(matches!(
+            map_error(zbus::Error::InvalidReply),
+            UpdateError::Unavailable(_)
+        ));
     }
 }

@@ -27,9 +27,22 @@ pub const NAME: &str = "org.carapace.Update1";
 /// /var/run/…, is on the state partition here, not a link to /run.
 pub const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 
+/// How long a call on the system bus may wait for its answer: the broker
+/// (busd) drops a call to a name nobody owns without an error, and the
+/// longest call (Apply, fetching and installing a UKI) takes seconds.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A connection builder for the node's system bus.
 pub fn system_bus<'a>() -> zbus::connection::Builder<'a> {
-    zbus::connection::Builder::address(SYSTEM_BUS)
+    zbus::connection::Builder::address(SYSTEM_BUS).method_timeout(CALL_TIMEOUT)
+}
+
+/// Whether the daemon owns its name on the bus now (callers ask before
+/// calling, so that a missing daemon is an answer, not a wait).
+pub async fn daemon_present(conn: &Connection) -> zbus::Result<bool> {
+    let bus = fdo::DBusProxy::new(conn).await?;
+    let name = zbus::names::BusName::try_from(NAME)?;
+    Ok(bus.name_has_owner(name).await?)
 }
 pub const PATH: &str = "/org/carapace/Update1";
 

@@ -21,36 +21,45 @@ fn say(msg: &str) {
     println!("dbus-probe: {msg}");
 }
 
-/// A proxy on the system bus, once the daemon's name is there.
+/// A proxy on the system bus, once the daemon owns its name (a call to a
+/// name nobody owns yet is not answered by every broker).
 async fn proxy() -> Result<(zbus::Connection, Update1ClientProxy<'static>), String> {
     let mut last = String::new();
-    for _ in 0..120 {
-        match carapace_update::dbus::system_bus().build().await {
-            Ok(conn) => match Update1ClientProxy::new(&conn).await {
-                Ok(p) => match p.status().await {
-                    Ok(_) => return Ok((conn, p)),
-                    // A refusal is an answer: the daemon is there.
-                    Err(zbus::Error::MethodError(name, _, _))
-                        if name.as_str() == "org.freedesktop.DBus.Error.AccessDenied" =>
-                    {
-                        return Ok((conn, p))
-                    }
-                    Err(e) => last = e.to_string(),
-                },
-                Err(e) => last = e.to_string(),
-            },
-            Err(e) => last = e.to_string(),
+    for _ in 0..240 {
+        let attempt = async {
+            let conn = carapace_update::dbus::system_bus()
+                .build()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !carapace_update::dbus::daemon_present(&conn)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!("{} has no owner yet", carapace_update::dbus::NAME));
+            }
+            let p = Update1ClientProxy::new(&conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((conn, p))
+        };
+        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Ok(Ok(found)) => return Ok(found),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = "the bus did not answer within 10 s".into(),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Err(format!("the update daemon never answered: {last}"))
+    Err(format!("the update daemon never appeared: {last}"))
 }
 
 /// The unprivileged half: one Status call, reported.
 async fn as_nobody() {
     let uid = rustix::process::getuid().as_raw();
     let result = match proxy().await {
-        Ok((_conn, p)) => p.status().await.map_err(|e| e.to_string()),
+        Ok((_conn, p)) => match tokio::time::timeout(Duration::from_secs(30), p.status()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within 30 s".into()),
+        },
         Err(e) => Err(e),
     };
     match result {
