@@ -30,8 +30,8 @@ commands:
                     build what is stale and boot the image in QEMU on this terminal;
                     FILE (TOML) becomes the node's first settings; the node's API
                     is forwarded to 127.0.0.1:PORT (default 8443)
-  test              run the unit tests, then build the test image (and the versions the
-                    update tests install) and run qemu-tests
+  test [FILTER]     run the unit tests, then build the test image (and the versions the
+                    update tests install) and run qemu-tests (those whose name has FILTER)
   bundle [--test]   turn the built image into a signed update bundle under build/bundles/
   bench boot [N]    boot the release image N times (default 5) and report medians and sizes
   bench api [CLIENTS] [SECONDS]
@@ -109,7 +109,7 @@ fn real_main() -> Result<()> {
             let img = image::build(&root, variant)?;
             qemu::run_interactive(&img, user_data.as_deref(), api_port)?;
         }
-        Some("test") => test(&root)?,
+        Some("test") => test(&root, args.get(1).map(String::as_str))?,
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("boot") => {
                 let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -132,7 +132,7 @@ fn real_main() -> Result<()> {
 }
 
 /// The whole test suite: host unit tests first (fast), then the real image in QEMU.
-fn test(root: &Path) -> Result<()> {
+fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     duct::cmd!(&cargo, "test", "--workspace", "--exclude", "qemu-tests")
         .dir(root)
@@ -151,7 +151,9 @@ fn test(root: &Path) -> Result<()> {
     .dir(root)
     .run()?;
     let ctl = root.join("target/debug/carapace-ctl");
-    duct::cmd!(&cargo, "test", "-p", "qemu-tests", "--", "--test-threads=2")
+    let mut args = vec!["test", "-p", "qemu-tests", "--", "--test-threads=2"];
+    args.extend(filter);
+    duct::cmd(&cargo, &args)
         .dir(root)
         .env("CARAPACE_TEST_IMAGE", &img.disk)
         .env("CARAPACE_CTL", &ctl)

@@ -440,12 +440,16 @@ impl Engine {
         let roothash = parse_hash(&manifest.roothash)?;
         let hash_image = read_prefix(&verity_dev, manifest.verity.bytes)?;
         let data = std::fs::File::open(&data_dev).map_err(|e| format!("{data_dev}: {e}"))?;
-        carapace_init::verity_tree::verify(
-            data.take(manifest.root.data_bytes),
-            &hash_image,
-            &roothash,
-        )
-        .map_err(|e| {
+        let data_bytes = manifest.root.data_bytes;
+        // Seconds of hashing: off the runtime, which keeps answering D-Bus
+        // and sending signals meanwhile.
+        let checked = tokio::task::spawn_blocking(move || {
+            carapace_init::verity_tree::verify(data.take(data_bytes), &hash_image, &roothash)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("the verifier stopped: {e}"))?;
+        checked.map_err(|e| {
             format!(
                 "what was written to slot {} does not verify: {e}",
                 target.letter
