@@ -12,6 +12,7 @@
 //! Invariant: a `Settings` value that exists is valid; there is no way to
 //! build one that fails validation.
 
+pub mod containers;
 pub mod error;
 pub mod persist;
 pub mod settings;

@@ -9,9 +9,16 @@
 //!   "ntp": { "servers": ["time.example.org"] },
 //!   "sysctl": { "net.ipv4.ip_forward": "1" },
 //!   "api": { "token_sha256": "…" },
-//!   "updates": { "source": "https://updates.example.org/carapace/" } }
+//!   "updates": { "source": "https://updates.example.org/carapace/" },
+//!   "containers": { "web": { "image": "nginx:1.27", "restart": "on-failure:5" } },
+//!   "registries": { "registry.example.org:5000": { "insecure": true } } }
 //! ```
+//!
+//! Registry passwords are the one secret kept as given (the container agent
+//! presents them); [`Settings::to_value`], the view the API serves, leaves
+//! them out. See [`crate::containers`].
 
+use crate::containers::{Container, ContainerName, Registry, RegistryHost};
 use crate::error::SettingsError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -36,6 +43,12 @@ pub struct Settings {
     pub api: Api,
     #[serde(default)]
     pub updates: Updates,
+    /// The containers the node runs, by name.
+    #[serde(default)]
+    pub containers: BTreeMap<ContainerName, Container>,
+    /// How to reach image registries, by `host[:port]`.
+    #[serde(default)]
+    pub registries: BTreeMap<RegistryHost, Registry>,
 }
 
 /// The parts of the tree that are applied separately.
@@ -47,6 +60,8 @@ pub enum Area {
     Sysctl,
     Api,
     Updates,
+    Containers,
+    Registries,
 }
 
 impl Settings {
@@ -75,22 +90,38 @@ impl Settings {
             crate::sysctl::check(key, value)
                 .map_err(|m| SettingsError::new(format!("sysctl.{key}"), m))?;
         }
-        Ok(())
+        crate::containers::check(&self.containers, &self.registries)
     }
 
-    /// The tree as JSON.
+    /// The tree as JSON, as the API serves it: registry passwords left out.
     pub fn to_value(&self) -> serde_json::Value {
+        let mut tree = self.to_value_with_secrets();
+        crate::containers::redact_secrets(&mut tree);
+        tree
+    }
+
+    /// The whole tree as JSON, registry passwords included: what a merge
+    /// patch applies to and what the settings file holds.
+    pub fn to_value_with_secrets(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 
-    /// One subtree by a dotted path (`network.dns`), or None if there is no such field.
+    /// One subtree by a dotted path (`network.dns`), or None if there is no
+    /// such field. A key with dots in it (`sysctl.net.ipv4.ip_forward`,
+    /// `registries.registry.example.org:5000`) is found too: at each level
+    /// the shortest run of parts that names a key is taken.
     pub fn get(&self, path: &str) -> Option<serde_json::Value> {
         let mut v = self.to_value();
         if path.is_empty() {
             return Some(v);
         }
-        for part in path.split('.') {
-            v = v.get_mut(part)?.take();
+        let parts: Vec<&str> = path.split('.').collect();
+        let mut start = 0;
+        while start < parts.len() {
+            let end = (start + 1..=parts.len())
+                .find(|&end| v.get(parts[start..end].join(".")).is_some())?;
+            v = v.get_mut(parts[start..end].join("."))?.take();
+            start = end;
         }
         Some(v)
     }
@@ -115,6 +146,12 @@ impl Settings {
         }
         if self.updates != new.updates {
             out.push(Area::Updates);
+        }
+        if self.containers != new.containers {
+            out.push(Area::Containers);
+        }
+        if self.registries != new.registries {
+            out.push(Area::Registries);
         }
         out
     }
@@ -146,6 +183,7 @@ macro_rules! string_type {
         }
     };
 }
+pub(crate) use string_type;
 
 /// A host name: 1 to 63 characters of a-z, 0-9, `-` and `.`, labels not
 /// starting or ending with `-`.
@@ -231,7 +269,7 @@ pub struct Network {
     pub dns: Vec<IpAddr>,
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 
@@ -378,12 +416,45 @@ mod tests {
             "ntp": { "servers": ["time.example.org", "192.0.2.1"] },
             "sysctl": { "net.ipv4.ip_forward": "1" },
             "api": { "token_sha256": TokenHash::of("0123456789abcdef").as_str() },
-            "updates": { "source": "https://updates.example.org/carapace/" }
+            "updates": { "source": "https://updates.example.org/carapace/" },
+            "containers": {
+                "web": { "image": "nginx:1.27",
+                         "command": ["/docker-entrypoint.sh"], "args": ["nginx", "-g", "daemon off;"],
+                         "env": { "TZ": "UTC" },
+                         "restart": "on-failure:5",
+                         "host_network": false,
+                         "mounts": [{ "source": "web/html", "target": "/usr/share/nginx/html", "read_only": true }],
+                         "memory_max": 268435456, "cpu_max": 0.5, "enabled": true },
+                "probe": { "image": "registry.example.org:5000/tools/probe@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                           "env": {}, "restart": "never", "host_network": true, "mounts": [],
+                           "enabled": false }
+            },
+            "registries": { "registry.example.org:5000": { "insecure": true, "username": "robot" } }
         });
-        let s = Settings::from_value(v.clone()).expect("valid");
+        assert_eq!(
+            err(v.clone()).path,
+            "registries.registry.example.org:5000.password",
+            "a user name needs its password"
+        );
+        // The password is stored but not served: the served view is the
+        // document less it.
+        let mut stored = v.clone();
+        stored["registries"]["registry.example.org:5000"]["password"] = json!("s3cret-token");
+        let s = Settings::from_value(stored.clone()).expect("valid");
         assert_eq!(s.to_value(), v);
+        assert_eq!(s.to_value_with_secrets(), stored);
         assert_eq!(s.get("network.dns"), Some(json!(["10.0.2.3"])));
         assert_eq!(s.get("network.nope"), None);
+        assert_eq!(s.get("containers.web.cpu_max"), Some(json!(0.5)));
+        assert_eq!(
+            s.get("registries.registry.example.org:5000"),
+            Some(json!({ "insecure": true, "username": "robot" })),
+            "a key with dots and no password"
+        );
+        assert_eq!(s.get("sysctl.net.ipv4.ip_forward"), Some(json!("1")));
+        assert_eq!(s.get("registries.registry.example.org:5000.password"), None);
+        let back: Settings = serde_json::from_value(s.to_value_with_secrets()).expect("reads back");
+        assert_eq!(back, s);
     }
 
     #[test]
@@ -440,5 +511,14 @@ mod tests {
         b.hostname = Hostname::try_from("node-2".to_string()).expect("valid");
         b.sysctl.insert("vm.swappiness".into(), "10".into());
         assert_eq!(a.changed_areas(&b), vec![Area::Hostname, Area::Sysctl]);
+        let c = Settings::from_value(json!({
+            "containers": { "web": { "image": "nginx" } },
+            "registries": { "docker.io": {} }
+        }))
+        .expect("valid");
+        assert_eq!(
+            a.changed_areas(&c),
+            vec![Area::Containers, Area::Registries]
+        );
     }
 }

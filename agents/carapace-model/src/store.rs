@@ -99,7 +99,7 @@ impl Store {
     pub fn stage(&mut self, patch: Value) -> Result<&Settings, SettingsError> {
         let patch = prepare_patch(patch)?;
         let base = self.pending.as_ref().unwrap_or(&self.committed);
-        let mut tree = base.to_value();
+        let mut tree = base.to_value_with_secrets();
         merge_patch(&mut tree, &patch);
         let staged = Settings::from_value(tree)?;
         Ok(self.pending.insert(staged))

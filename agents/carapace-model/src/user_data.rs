@@ -1,5 +1,6 @@
 //! First-boot user data: a TOML document whose tables mirror the settings
-//! tree (`hostname = "node-1"`, `[api]` with `token = "…"`, `[network]`, …).
+//! tree (`hostname = "node-1"`, `[api]` with `token = "…"`, `[network]`,
+//! `[containers.<name>]`, `[registries."<host>"]`, …).
 //! It becomes the first committed settings of a node. Two keys of `[api]`
 //! are not settings: `certificate` and `key`, the PEM certificate chain and
 //! private key of the API's TLS listener, which the server keeps in files of
@@ -70,7 +71,7 @@ fn take_tls(doc: &mut toml::Value) -> Result<Option<TlsPair>, SettingsError> {
 fn settings_of(doc: toml::Value) -> Result<Settings, SettingsError> {
     let patch = serde_json::to_value(doc).map_err(|e| SettingsError::new("", e.to_string()))?;
     let patch = prepare_patch(patch)?;
-    let mut tree = Settings::default().to_value();
+    let mut tree = Settings::default().to_value_with_secrets();
     merge_patch(&mut tree, &patch);
     Settings::from_value(tree)
 }
@@ -132,6 +133,78 @@ mod tests {
             .expect_err("unknown")
             .message
             .contains("colour"));
+    }
+
+    #[test]
+    fn user_data_runs_containers_and_names_registries() {
+        let s = settings_from_toml(
+            r#"
+            [containers.web]
+            image = "nginx:1.27"
+            args = ["nginx", "-g", "daemon off;"]
+            restart = "on-failure:5"
+            memory_max = 268435456
+            cpu_max = 0.5
+            [containers.web.env]
+            TZ = "UTC"
+            [[containers.web.mounts]]
+            source = "web/html"
+            target = "/usr/share/nginx/html"
+            read_only = true
+
+            [containers.probe]
+            image = "registry.example.org:5000/tools/probe:v1"
+            host_network = true
+            enabled = false
+            cpu_max = 2
+
+            [registries."registry.example.org:5000"]
+            insecure = true
+            username = "robot"
+            password = "s3cret-token"
+            "#,
+        )
+        .expect("valid");
+        let same = crate::Settings::from_value(serde_json::json!({
+            "containers": {
+                "web": { "image": "nginx:1.27", "args": ["nginx", "-g", "daemon off;"],
+                         "restart": "on-failure:5", "memory_max": 268435456, "cpu_max": 0.5,
+                         "env": { "TZ": "UTC" },
+                         "mounts": [{ "source": "web/html", "target": "/usr/share/nginx/html",
+                                      "read_only": true }] },
+                "probe": { "image": "registry.example.org:5000/tools/probe:v1",
+                           "host_network": true, "enabled": false, "cpu_max": 2 }
+            },
+            "registries": { "registry.example.org:5000":
+                { "insecure": true, "username": "robot", "password": "s3cret-token" } }
+        }))
+        .expect("valid");
+        assert_eq!(s, same, "TOML user data mirrors the JSON tree");
+        let web = s.containers.get("web").expect("web");
+        assert_eq!(web.memory_max_file(), "268435456\n");
+        assert_eq!(web.cpu_max_file(), "50000 100000\n");
+        let probe = s.containers.get("probe").expect("probe");
+        assert_eq!(probe.cpu_max_file(), "200000 100000\n");
+        assert_eq!(probe.image.registry(), "registry.example.org:5000");
+        assert_eq!(
+            s.to_value_with_secrets()["containers"]["probe"]["cpu_max"],
+            serde_json::json!(2),
+            "a whole TOML integer stays an integer"
+        );
+        let registry = s
+            .registries
+            .get("registry.example.org:5000")
+            .expect("registry");
+        assert_eq!(
+            registry.password.as_ref().map(|p| p.expose()),
+            Some("s3cret-token")
+        );
+        assert_eq!(
+            settings_from_toml("[containers.web]\nimage = \"nginx\"\nmemory_max = \"512M\"\n")
+                .expect_err("a byte count")
+                .path,
+            "containers.web.memory_max"
+        );
     }
 
     #[test]
