@@ -1,0 +1,812 @@
+//! The on-disk bundle of one container, `<root>/<name>/` (on the node
+//! /var/lib/carapace/containers/run/<name>/):
+//!
+//! | path | what |
+//! |---|---|
+//! | `config.json` | the runtime spec ([`crate::spec`]), written whole and renamed into place |
+//! | `rootfs/` | an overlayfs: the image layers read-only, `upper/` on top |
+//! | `upper/`, `work/` | the container's writable layer and overlayfs' scratch directory |
+//! | `overlay` | the mount options `rootfs` was last mounted with |
+//! | `resolv.conf`, `hosts` | bound over the container's /etc files with `host_network`; rewritten in place, so a running container sees a change |
+//! | `crun.log` | crun's own error messages of the last run ([`crate::runtime`]) |
+//!
+//! The writable layer outlives a restart of the container, as Docker's does,
+//! but not a change of image: when the layers differ from the ones
+//! recorded in `overlay`, `upper/` and `work/` start empty. [`Bundle::remove`]
+//! unmounts and deletes everything, and refuses to delete while `rootfs` is
+//! still a mount point (which would delete through the overlay).
+//!
+//! The overlay is mounted with mount(2), whose option string must fit in one
+//! page: with layer paths of about 100 bytes that is about 40 layers. A
+//! longer string is refused by name ([`BundleError::OverlayTooLong`]) rather
+//! than truncated by the kernel. (Linux 6.8 and later could take each layer
+//! on its own through fsconfig `lowerdir+`, without that limit.)
+//!
+//! The mount calls go through [`Mounter`], so that what is mounted where, and
+//! in which order, is tested on the host with a recording fake.
+
+use crate::image_user::{self, UserError};
+use crate::spec::{self, HostFiles, SpecError};
+use carapace_model::containers::{Container, ContainerName, VolumePath, VOLUMES_DIR};
+use oci_spec::image::ImageConfiguration;
+use oci_spec::runtime::Spec;
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The longest mount(2) option string: one 4 KiB page less the NUL.
+pub const MAX_MOUNT_DATA: usize = 4095;
+
+/// What failed while making, mounting or removing a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("the image has no layers to mount")]
+    NoLayers,
+    #[error("layer directory {path:?} cannot be an overlayfs lowerdir: {why}")]
+    BadLayerPath { path: PathBuf, why: &'static str },
+    #[error("the overlayfs options for {layers} layers are {len} bytes, more than mount(2) takes ({MAX_MOUNT_DATA}): the image has too many layers")]
+    OverlayTooLong { layers: usize, len: usize },
+    #[error("{path} is still mounted: not deleting through it")]
+    StillMounted { path: PathBuf },
+    #[error("volume source {path}: {why}")]
+    Volume { path: PathBuf, why: String },
+    #[error("container {name}: {source}")]
+    User { name: String, source: UserError },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+}
+
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BundleError {
+    let path = path.to_path_buf();
+    move |source| BundleError::Io { what, path, source }
+}
+
+/// The mount system calls a bundle needs.
+pub trait Mounter {
+    /// Mounts an overlayfs with `options` on `target`.
+    fn mount_overlay(&self, target: &Path, options: &str) -> io::Result<()>;
+    /// Unmounts `target` (lazily if it is busy).
+    fn unmount(&self, target: &Path) -> io::Result<()>;
+    /// Whether `path` is the root of a mount.
+    fn is_mount_point(&self, path: &Path) -> io::Result<bool>;
+}
+
+/// The real thing, through rustix.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelMounter;
+
+impl Mounter for KernelMounter {
+    fn mount_overlay(&self, target: &Path, options: &str) -> io::Result<()> {
+        let data = std::ffi::CString::new(options)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount options"))?;
+        rustix::mount::mount(
+            "overlay",
+            target,
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            data.as_c_str(),
+        )?;
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        use rustix::mount::UnmountFlags;
+        match rustix::mount::unmount(target, UnmountFlags::NOFOLLOW) {
+            Err(rustix::io::Errno::BUSY) => {
+                rustix::mount::unmount(target, UnmountFlags::NOFOLLOW | UnmountFlags::DETACH)?;
+                Ok(())
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn is_mount_point(&self, path: &Path) -> io::Result<bool> {
+        let st = rustix::fs::statx(
+            rustix::fs::CWD,
+            path,
+            AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+            StatxFlags::BASIC_STATS,
+        )?;
+        if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
+            return Ok(st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT));
+        }
+        // Older kernels: a mount root has another device than its parent.
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let up = rustix::fs::stat(parent)?;
+        Ok(
+            u64::from(st.stx_dev_major) != u64::from(rustix::fs::major(up.st_dev))
+                || u64::from(st.stx_dev_minor) != u64::from(rustix::fs::minor(up.st_dev)),
+        )
+    }
+}
+
+/// The overlayfs options: `lowerdir=<top>:…:<bottom>,upperdir=…,workdir=…`.
+/// `layers` is in image order, lowest (the base) first; overlayfs wants
+/// the topmost first.
+pub fn overlay_options(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+) -> Result<String, BundleError> {
+    if layers.is_empty() {
+        return Err(BundleError::NoLayers);
+    }
+    let text = |p: &Path| -> Result<String, BundleError> {
+        let bad = |why| BundleError::BadLayerPath {
+            path: p.to_path_buf(),
+            why,
+        };
+        let s = p.to_str().ok_or_else(|| bad("not UTF-8"))?;
+        if !s.starts_with('/') {
+            return Err(bad("not an absolute path"));
+        }
+        // ',' separates mount options, ':' layers, '\' escapes: none can be given plainly.
+        if s.contains([',', ':', '\\', '\0', '\n']) {
+            return Err(bad("contains ',', ':', '\\' or a control character"));
+        }
+        Ok(s.to_string())
+    };
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| text(p))
+        .collect::<Result<_, _>>()?;
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        text(upper)?,
+        text(work)?
+    );
+    if options.len() > MAX_MOUNT_DATA {
+        return Err(BundleError::OverlayTooLong {
+            layers: layers.len(),
+            len: options.len(),
+        });
+    }
+    Ok(options)
+}
+
+/// `/etc/hosts` of a container on the host network: loopback names and its own.
+pub fn hosts_file(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    )
+}
+
+/// Creates the directory of a volume under `volumes_dir` if missing, one
+/// component at a time, refusing any component that is a symbolic link: a
+/// container that can write to one volume must not make another volume's
+/// source point anywhere else on the node.
+pub fn ensure_volume_source(
+    volumes_dir: &Path,
+    source: &VolumePath,
+) -> Result<PathBuf, BundleError> {
+    let full = volumes_dir.join(source.as_str());
+    let fail = |why: String| BundleError::Volume {
+        path: full.clone(),
+        why,
+    };
+    std::fs::create_dir_all(volumes_dir).map_err(io_error("create", volumes_dir))?;
+    let mut dir = rustix::fs::open(
+        volumes_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail(format!("cannot open {}: {e}", volumes_dir.display())))?;
+    for component in source.as_str().split('/') {
+        match rustix::fs::mkdirat(&dir, component, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(fail(format!("cannot create {component:?}: {e}"))),
+        }
+        let st = rustix::fs::statat(&dir, component, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| fail(format!("cannot inspect {component:?}: {e}")))?;
+        match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::Directory => {}
+            rustix::fs::FileType::Symlink => {
+                return Err(fail(format!("{component:?} is a symbolic link: refused")))
+            }
+            _ => return Err(fail(format!("{component:?} is not a directory"))),
+        }
+        // Opened refusing links, in case one replaced the directory since.
+        dir = rustix::fs::openat2(
+            &dir,
+            component,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
+        )
+        .map_err(|e| fail(format!("cannot open {component:?}: {e}")))?;
+    }
+    Ok(full)
+}
+
+/// Creates the directory `path` (absolute, as the container sees it) in
+/// `rootfs` if it is missing, as Docker does for a `WorkingDir` the image
+/// lacks (crun refuses a missing one). Every component is resolved as if
+/// `rootfs` were `/`, links included: nothing is created outside it.
+pub fn ensure_dir_in_rootfs(rootfs: &Path, path: &str) -> Result<(), BundleError> {
+    let fail = |why: String| BundleError::Io {
+        what: "create the working directory in",
+        path: rootfs.to_path_buf(),
+        source: io::Error::other(format!("{path}: {why}")),
+    };
+    let root = rustix::fs::open(
+        rootfs,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let open_in_root = |relative: &str| {
+        rustix::fs::openat2(
+            &root,
+            if relative.is_empty() { "." } else { relative },
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+    };
+    let mut so_far = String::new();
+    for component in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        let parent = open_in_root(&so_far).map_err(|e| fail(e.to_string()))?;
+        match rustix::fs::mkdirat(&parent, component, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(fail(format!("cannot create {component:?}: {e}"))),
+        }
+        if !so_far.is_empty() {
+            so_far.push('/');
+        }
+        so_far.push_str(component);
+    }
+    open_in_root(&so_far)
+        .map(drop)
+        .map_err(|e| fail(format!("not a directory: {e}")))
+}
+
+/// The image a container runs: its unpacked layer directories, lowest
+/// first, and its configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Image<'a> {
+    pub layers: &'a [PathBuf],
+    pub config: &'a ImageConfiguration,
+}
+
+/// The bundle directory of one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    name: ContainerName,
+    dir: PathBuf,
+    volumes_dir: PathBuf,
+}
+
+impl Bundle {
+    /// The bundle of `name` under `root` ([`crate::RUN_ROOT`] on the node),
+    /// with volumes under [`VOLUMES_DIR`].
+    pub fn new(root: &Path, name: &ContainerName) -> Bundle {
+        Bundle::with_volumes_dir(root, name, Path::new(VOLUMES_DIR))
+    }
+
+    /// The same with volumes under `volumes_dir` (for tests).
+    pub fn with_volumes_dir(root: &Path, name: &ContainerName, volumes_dir: &Path) -> Bundle {
+        Bundle {
+            name: name.clone(),
+            dir: root.join(name.as_str()),
+            volumes_dir: volumes_dir.to_path_buf(),
+        }
+    }
+
+    pub fn name(&self) -> &ContainerName {
+        &self.name
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn config_json(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+    /// The options `rootfs` was last mounted with.
+    pub fn overlay_record(&self) -> PathBuf {
+        self.dir.join("overlay")
+    }
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.dir.join("resolv.conf")
+    }
+    pub fn hosts(&self) -> PathBuf {
+        self.dir.join("hosts")
+    }
+    pub fn crun_log(&self) -> PathBuf {
+        self.dir.join("crun.log")
+    }
+
+    /// The node's files the spec of this bundle points at.
+    pub fn host_files(&self) -> HostFiles {
+        HostFiles {
+            volumes_dir: self.volumes_dir.clone(),
+            ..HostFiles::for_bundle(&self.dir)
+        }
+    }
+
+    /// The overlayfs options for `layers` (lowest first) in this bundle.
+    pub fn overlay_options(&self, layers: &[PathBuf]) -> Result<String, BundleError> {
+        overlay_options(layers, &self.upper(), &self.work())
+    }
+
+    fn create_dir(path: &Path) -> Result<(), BundleError> {
+        std::fs::create_dir_all(path).map_err(io_error("create", path))
+    }
+
+    /// Mounts the overlay of `layers` on `rootfs` (unmounting an earlier
+    /// one first). The writable layer is kept if it was made over the same
+    /// layers, and started afresh otherwise.
+    pub fn mount_rootfs(
+        &self,
+        mounter: &dyn Mounter,
+        layers: &[PathBuf],
+    ) -> Result<(), BundleError> {
+        let options = self.overlay_options(layers)?;
+        Self::create_dir(&self.dir)?;
+        let rootfs = self.rootfs();
+        Self::create_dir(&rootfs)?;
+        self.unmount_rootfs(mounter)?;
+        let record = self.overlay_record();
+        let previous = std::fs::read_to_string(&record).ok();
+        if previous.as_deref() != Some(options.as_str()) {
+            for dir in [self.upper(), self.work()] {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_error("remove", &dir)(e)),
+                }
+            }
+        }
+        Self::create_dir(&self.upper())?;
+        Self::create_dir(&self.work())?;
+        write_atomically(&record, options.as_bytes())?;
+        mounter
+            .mount_overlay(&rootfs, &options)
+            .map_err(io_error("mount the overlay on", &rootfs))
+    }
+
+    /// Unmounts `rootfs` if it is mounted.
+    pub fn unmount_rootfs(&self, mounter: &dyn Mounter) -> Result<(), BundleError> {
+        let rootfs = self.rootfs();
+        match mounter.is_mount_point(&rootfs) {
+            Ok(true) => mounter
+                .unmount(&rootfs)
+                .map_err(io_error("unmount", &rootfs)),
+            Ok(false) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("inspect", &rootfs)(e)),
+        }
+    }
+
+    /// Writes `resolv.conf` (the node's, as given) and `hosts` in place, so
+    /// that the files a running container has bound change with them.
+    pub fn write_host_files(&self, resolv_conf: &str) -> Result<(), BundleError> {
+        Self::create_dir(&self.dir)?;
+        let resolv = self.resolv_conf();
+        std::fs::write(&resolv, resolv_conf).map_err(io_error("write", &resolv))?;
+        let hosts = self.hosts();
+        std::fs::write(&hosts, hosts_file(self.name.as_str())).map_err(io_error("write", &hosts))
+    }
+
+    /// Writes `config.json` whole.
+    pub fn write_config(&self, spec: &Spec) -> Result<(), BundleError> {
+        Self::create_dir(&self.dir)?;
+        write_atomically(&self.config_json(), spec::to_config_json(spec).as_bytes())
+    }
+
+    /// Everything a run needs: the rootfs mounted, the user resolved in it,
+    /// the volume sources created, `resolv.conf` and `hosts`, the working
+    /// directory present, and `config.json`. Returns the spec written.
+    pub fn prepare(
+        &self,
+        mounter: &dyn Mounter,
+        container: &Container,
+        image: Image<'_>,
+        resolv_conf: &str,
+    ) -> Result<Spec, BundleError> {
+        self.mount_rootfs(mounter, image.layers)?;
+        let user_field = image
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.user().clone());
+        let user = image_user::resolve_in_rootfs(user_field.as_deref(), &self.rootfs()).map_err(
+            |source| BundleError::User {
+                name: self.name.to_string(),
+                source,
+            },
+        )?;
+        for m in &container.mounts {
+            ensure_volume_source(&self.volumes_dir, &m.source)?;
+        }
+        self.write_host_files(resolv_conf)?;
+        let spec = spec::generate(
+            &self.name,
+            container,
+            image.config,
+            &user,
+            &self.host_files(),
+        )?;
+        if let Some(process) = spec.process() {
+            ensure_dir_in_rootfs(&self.rootfs(), &process.cwd().to_string_lossy())?;
+        }
+        self.write_config(&spec)?;
+        Ok(spec)
+    }
+
+    /// Unmounts `rootfs` and deletes the bundle, the writable layer with it.
+    pub fn remove(&self, mounter: &dyn Mounter) -> Result<(), BundleError> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        self.unmount_rootfs(mounter)?;
+        let rootfs = self.rootfs();
+        if matches!(mounter.is_mount_point(&rootfs), Ok(true)) {
+            return Err(BundleError::StillMounted { path: rootfs });
+        }
+        std::fs::remove_dir_all(&self.dir).map_err(io_error("remove", &self.dir))
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(io_error("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_error("rename into place", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+
+    /// Records calls; "mounts" by remembering the target.
+    #[derive(Default)]
+    struct FakeMounter {
+        calls: RefCell<Vec<String>>,
+        mounted: RefCell<BTreeSet<PathBuf>>,
+        /// unmount leaves the target mounted (a stuck mount).
+        stuck: bool,
+    }
+
+    impl Mounter for FakeMounter {
+        fn mount_overlay(&self, target: &Path, options: &str) -> io::Result<()> {
+            self.calls
+                .borrow_mut()
+                .push(format!("mount {} {options}", target.display()));
+            self.mounted.borrow_mut().insert(target.to_path_buf());
+            Ok(())
+        }
+        fn unmount(&self, target: &Path) -> io::Result<()> {
+            self.calls
+                .borrow_mut()
+                .push(format!("unmount {}", target.display()));
+            if !self.stuck {
+                self.mounted.borrow_mut().remove(target);
+            }
+            Ok(())
+        }
+        fn is_mount_point(&self, path: &Path) -> io::Result<bool> {
+            Ok(self.mounted.borrow().contains(path))
+        }
+    }
+
+    fn name(s: &str) -> ContainerName {
+        ContainerName::try_from(s.to_string()).expect("name")
+    }
+
+    fn temp(label: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("carapace-bundle-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    fn layers(n: usize) -> Vec<PathBuf> {
+        (0..n)
+            .map(|i| PathBuf::from(format!("/var/lib/carapace/images/layers/{i:064}")))
+            .collect()
+    }
+
+    #[test]
+    fn bundle_paths_are_under_the_root_by_container_name() {
+        let b = Bundle::new(Path::new(crate::RUN_ROOT), &name("web"));
+        let dir = "/var/lib/carapace/containers/run/web";
+        assert_eq!(b.dir(), Path::new(dir));
+        assert_eq!(b.config_json(), Path::new(dir).join("config.json"));
+        assert_eq!(b.rootfs(), Path::new(dir).join("rootfs"));
+        assert_eq!(b.upper(), Path::new(dir).join("upper"));
+        assert_eq!(b.work(), Path::new(dir).join("work"));
+        assert_eq!(b.crun_log(), Path::new(dir).join("crun.log"));
+        assert_eq!(
+            b.host_files().volumes_dir,
+            Path::new("/var/lib/carapace/volumes")
+        );
+        assert_eq!(b.host_files().hosts, Path::new(dir).join("hosts"));
+    }
+
+    #[test]
+    fn lowerdir_lists_the_topmost_layer_first() {
+        let layers = vec![
+            PathBuf::from("/l/base"),
+            PathBuf::from("/l/middle"),
+            PathBuf::from("/l/top"),
+        ];
+        assert_eq!(
+            overlay_options(&layers, Path::new("/b/upper"), Path::new("/b/work")).expect("options"),
+            "lowerdir=/l/top:/l/middle:/l/base,upperdir=/b/upper,workdir=/b/work"
+        );
+    }
+
+    #[test]
+    fn an_option_string_longer_than_a_page_is_refused_by_name() {
+        let b = Bundle::new(Path::new(crate::RUN_ROOT), &name("web"));
+        // 97 bytes a layer: 41 fit (4087 bytes in all), 42 do not.
+        assert_eq!(b.overlay_options(&layers(41)).expect("fits").len(), 4087);
+        let err = b.overlay_options(&layers(42)).expect_err("too long");
+        assert!(
+            matches!(
+                err,
+                BundleError::OverlayTooLong {
+                    layers: 42,
+                    len: 4184
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("too many layers"), "{err}");
+    }
+
+    #[test]
+    fn layer_paths_that_overlayfs_would_misread_are_refused() {
+        for bad in ["/l/a:b", "/l/a,b", "relative", "/l/a\\b"] {
+            let err = overlay_options(&[PathBuf::from(bad)], Path::new("/u"), Path::new("/w"))
+                .expect_err(bad);
+            assert!(
+                matches!(err, BundleError::BadLayerPath { .. }),
+                "{bad}: {err}"
+            );
+        }
+        assert!(matches!(
+            overlay_options(&[], Path::new("/u"), Path::new("/w")),
+            Err(BundleError::NoLayers)
+        ));
+    }
+
+    #[test]
+    fn mounting_keeps_the_writable_layer_for_the_same_image_only() {
+        let root = temp("keep");
+        let b = Bundle::new(&root, &name("web"));
+        let m = FakeMounter::default();
+        b.mount_rootfs(&m, &[PathBuf::from("/l/a")])
+            .expect("first mount");
+        std::fs::write(b.upper().join("written"), "x").expect("write in upper");
+        // A restart: same layers, the file stays; the old mount goes first.
+        b.mount_rootfs(&m, &[PathBuf::from("/l/a")])
+            .expect("second mount");
+        assert!(b.upper().join("written").exists());
+        let rootfs = b.rootfs().display().to_string();
+        let options = format!(
+            "lowerdir=/l/a,upperdir={},workdir={}",
+            b.upper().display(),
+            b.work().display()
+        );
+        assert_eq!(
+            *m.calls.borrow(),
+            [
+                format!("mount {rootfs} {options}"),
+                format!("unmount {rootfs}"),
+                format!("mount {rootfs} {options}"),
+            ]
+        );
+        // Another image: the writable layer starts empty.
+        b.mount_rootfs(&m, &[PathBuf::from("/l/b")])
+            .expect("new image");
+        assert!(!b.upper().join("written").exists());
+        assert!(b.work().is_dir());
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn removal_unmounts_first_and_refuses_to_delete_through_a_mount() {
+        let root = temp("remove");
+        let b = Bundle::new(&root, &name("web"));
+        let stuck = FakeMounter {
+            stuck: true,
+            ..FakeMounter::default()
+        };
+        b.mount_rootfs(&stuck, &[PathBuf::from("/l/a")])
+            .expect("mount");
+        let err = b.remove(&stuck).expect_err("still mounted");
+        assert!(matches!(err, BundleError::StillMounted { .. }), "{err}");
+        assert!(b.dir().exists(), "nothing deleted");
+
+        let m = FakeMounter::default();
+        b.mount_rootfs(&m, &[PathBuf::from("/l/a")]).expect("mount");
+        b.remove(&m).expect("remove");
+        assert!(!b.dir().exists());
+        assert_eq!(
+            m.calls.borrow().last().map(String::as_str),
+            Some(format!("unmount {}", b.rootfs().display()).as_str())
+        );
+        b.remove(&m).expect("removing nothing is fine");
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn volume_sources_are_created_and_links_out_are_refused() {
+        let root = temp("volumes");
+        let volumes = root.join("volumes");
+        let source = VolumePath::try_from("web/html".to_string()).expect("path");
+        let made = ensure_volume_source(&volumes, &source).expect("created");
+        assert_eq!(made, volumes.join("web/html"));
+        assert!(made.is_dir());
+        ensure_volume_source(&volumes, &source).expect("existing is fine");
+
+        std::os::unix::fs::symlink("/etc", volumes.join("web/evil")).expect("link");
+        let evil = VolumePath::try_from("web/evil/sub".to_string()).expect("path");
+        let err = ensure_volume_source(&volumes, &evil).expect_err("link refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(!Path::new("/etc/sub").exists());
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn prepare_writes_config_hosts_and_resolv_conf_from_the_mounted_image() {
+        let root = temp("prepare");
+        let b = Bundle::with_volumes_dir(&root.join("run"), &name("web"), &root.join("volumes"));
+        // The fake mounter mounts nothing: put the image's passwd where the
+        // overlay would show it.
+        std::fs::create_dir_all(b.rootfs().join("etc")).expect("etc");
+        std::fs::write(
+            b.rootfs().join("etc/passwd"),
+            "app:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .expect("passwd");
+        let config: ImageConfiguration = serde_json::from_value(json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": [] },
+            "config": { "User": "app", "Cmd": ["/app"], "WorkingDir": "/work/dir" },
+        }))
+        .expect("image config");
+        let container: Container = serde_json::from_value(json!({
+            "image": "app:1", "host_network": true,
+            "mounts": [{ "source": "web/data", "target": "/data" }],
+        }))
+        .expect("settings");
+        let m = FakeMounter::default();
+        let layers = [PathBuf::from("/l/a")];
+        let image = Image {
+            layers: &layers,
+            config: &config,
+        };
+        let spec = b
+            .prepare(&m, &container, image, "nameserver 10.0.2.3\n")
+            .expect("prepare");
+        assert_eq!(spec.process().as_ref().map(|p| p.user().uid()), Some(1000));
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(b.config_json()).expect("config.json"))
+                .expect("json");
+        assert_eq!(written["process"]["args"], json!(["/app"]));
+        assert_eq!(written["process"]["user"]["uid"], 1000);
+        assert!(root.join("volumes/web/data").is_dir());
+        assert!(b.rootfs().join("work/dir").is_dir(), "working dir made");
+        assert_eq!(
+            std::fs::read_to_string(b.resolv_conf()).expect("resolv.conf"),
+            "nameserver 10.0.2.3\n"
+        );
+        assert!(std::fs::read_to_string(b.hosts())
+            .expect("hosts")
+            .contains("127.0.1.1\tweb\n"));
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn a_missing_working_dir_is_made_inside_the_rootfs_even_through_links() {
+        let root = temp("workdir");
+        let rootfs = root.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("usr")).expect("usr");
+        // An absolute link must lead inside the rootfs, not to the host's /srv.
+        std::os::unix::fs::symlink("/usr", rootfs.join("srv")).expect("link");
+        ensure_dir_in_rootfs(&rootfs, "/srv/app/../app/data").expect("made");
+        assert!(rootfs.join("usr/app/data").is_dir());
+        ensure_dir_in_rootfs(&rootfs, "/").expect("the root exists");
+        std::fs::write(rootfs.join("file"), "").expect("file");
+        let err = ensure_dir_in_rootfs(&rootfs, "/file").expect_err("a file");
+        assert!(err.to_string().contains("/file: not a directory"), "{err}");
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn an_unknown_image_user_fails_prepare_naming_the_container() {
+        let root = temp("nouser");
+        let b = Bundle::with_volumes_dir(&root.join("run"), &name("db"), &root.join("volumes"));
+        let config: ImageConfiguration = serde_json::from_value(json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": [] },
+            "config": { "User": "postgres", "Cmd": ["postgres"] },
+        }))
+        .expect("image config");
+        let container: Container =
+            serde_json::from_value(json!({ "image": "postgres:17" })).expect("settings");
+        let layers = [PathBuf::from("/l/a")];
+        let err = b
+            .prepare(
+                &FakeMounter::default(),
+                &container,
+                Image {
+                    layers: &layers,
+                    config: &config,
+                },
+                "",
+            )
+            .expect_err("unknown user");
+        assert_eq!(
+            err.to_string(),
+            "container db: user \"postgres\" of the image is not in the image's /etc/passwd"
+        );
+        assert!(!b.config_json().exists());
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    /// The real overlayfs (the tests run as root, here and in CI).
+    #[test]
+    fn a_real_overlay_shows_the_top_layer_and_takes_writes_in_upper() {
+        let root = temp("real");
+        let low = root.join("low");
+        let high = root.join("high");
+        std::fs::create_dir_all(&low).expect("low");
+        std::fs::create_dir_all(&high).expect("high");
+        std::fs::write(low.join("a"), "low").expect("a");
+        std::fs::write(low.join("b"), "low").expect("b");
+        std::fs::write(high.join("a"), "high").expect("a");
+        let b = Bundle::new(&root.join("run"), &name("web"));
+        /// Unmounts even when an assertion fails.
+        struct Cleanup(Bundle);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = self.0.remove(&KernelMounter);
+            }
+        }
+        let _cleanup = Cleanup(b.clone());
+        let m = KernelMounter;
+        b.mount_rootfs(&m, &[low.clone(), high.clone()])
+            .expect("mount");
+        assert!(m.is_mount_point(&b.rootfs()).expect("statx"));
+        assert_eq!(
+            std::fs::read_to_string(b.rootfs().join("a")).expect("a"),
+            "high"
+        );
+        assert_eq!(
+            std::fs::read_to_string(b.rootfs().join("b")).expect("b"),
+            "low"
+        );
+        std::fs::write(b.rootfs().join("c"), "new").expect("write");
+        assert!(b.upper().join("c").exists());
+        assert!(!low.join("c").exists() && !high.join("c").exists());
+        b.remove(&m).expect("remove");
+        assert!(!b.dir().exists());
+        assert!(low.join("a").exists(), "layers untouched");
+        std::fs::remove_dir_all(&root).ok();
+    }
+}

@@ -1,0 +1,50 @@
+//! carapace-containers: the container agent's library. From a container's
+//! settings (`carapace_model::containers::Container`) and its image (the
+//! unpacked layer directories and the OCI image configuration, which the
+//! image store hands over) it makes an OCI runtime bundle, runs it with crun,
+//! keeps its output as a log, decides about restarts and reports status.
+//!
+//! - [`spec`] — the OCI runtime spec (`config.json`) of one container, pure:
+//!   Docker's entrypoint/command semantics, environment overlay, namespaces,
+//!   mounts, Docker's default capabilities, runc's masked paths, cgroup v2
+//!   limits in `/carapace.slice/<name>/container`.
+//! - [`image_user`] — the image's `User` as uid/gid, resolved against the
+//!   image's own /etc/passwd and /etc/group (read without leaving the rootfs).
+//! - [`bundle`] — the directory of one container (`config.json`, `upper/`,
+//!   `work/`, `rootfs/`), the overlayfs over the image layers, and removal.
+//! - [`runtime`] — the crun command line: `run` in the foreground with the
+//!   output piped into the log, `kill`, `delete`, `state`.
+//! - [`container_log`] — containers' output in the files the services' logs
+//!   live in (/run/carapace/logs), under a name no service can have.
+//! - [`policy`] — restart backoff and how a run ended (out of memory,
+//!   signal, status), pure but for reading `memory.events`.
+//! - [`status`] — the record per container that the agent publishes as
+//!   /run/carapace/containers.json.
+//!
+//! Does not: pull or store images (carapace-oci does; this crate takes the
+//! layer directories and the configuration as plain inputs), read the
+//! settings file, or decide when to start what: the agent binary's reconcile
+//! loop does, with these parts.
+
+pub mod bundle;
+pub mod container_log;
+pub mod image_user;
+pub mod policy;
+pub mod runtime;
+pub mod spec;
+pub mod status;
+
+/// Where the bundles of the containers live on the node, one directory per
+/// container name.
+pub const RUN_ROOT: &str = "/var/lib/carapace/containers/run";
+
+/// The cgroup v2 hierarchy.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The cgroup (relative to [`CGROUP_ROOT`]) under which every container gets
+/// its own, `carapace.slice/<name>`.
+pub const CGROUP_PARENT: &str = "carapace.slice";
+
+/// The cgroup under `carapace.slice/<name>` that crun puts the container's
+/// processes in (and removes when they are gone).
+pub const CGROUP_LEAF: &str = "container";
