@@ -47,6 +47,10 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_off_and_
             .any(|w| w == "ro" || w.starts_with("ro,")),
         "root is read-only: {root}"
     );
+    assert!(
+        t.contains("checker: crun runs: crun version "),
+        "crun and its libraries are whole in the root:\n{t}"
+    );
     let write = line_with(&t, "checker: write to / ").unwrap_or_default();
     assert!(write.contains("failed"), "a write to / must fail: {write}");
     assert!(

@@ -1,6 +1,7 @@
 //! What the root filesystem of the image holds, read on the host without
-//! booting: only our binaries, the manifest, os-release and mount points — no
-//! shell, no package manager, no perl, no dynamic loader.
+//! booting: only our binaries, the manifest, os-release, mount points, and
+//! the OCI runtime crun with the shared libraries it loads — no shell, no
+//! package manager, no perl, no other program.
 
 use qemu_tests::{part_type, TestDisk};
 use std::process::Command;
@@ -42,19 +43,30 @@ fn the_root_holds_only_what_the_node_runs() -> anyhow::Result<()> {
         "usr/bin/dpkg",
         "usr/bin/apt",
         "usr/bin/perl",
-        "usr/lib64/ld-linux-x86-64.so.2",
+        "usr/bin/ldd",
     ] {
         assert!(
             !files.iter().any(|f| f == forbidden),
             "{forbidden} must not be in the root: {files:?}"
         );
     }
+    let runtime_library = |f: &str| f.starts_with("usr/lib/x86_64-linux-gnu/") && f.contains(".so");
     assert!(
         files.iter().all(|f| f.starts_with("usr/lib/carapace/")
             || f == "usr/lib/os-release"
             || f == "etc/os-release"
-            || f == "etc/resolv.conf"),
-        "only our files, os-release and the resolver link: {files:?}"
+            || f == "etc/resolv.conf"
+            || f == "usr/bin/crun"
+            || runtime_library(f)
+            || f == "usr/lib64/ld-linux-x86-64.so.2"
+            || f == "lib"
+            || f == "lib64"),
+        "only our files, os-release, the resolver link, crun and its libraries: {files:?}"
+    );
+    assert!(files.iter().any(|f| f == "usr/bin/crun"), "the OCI runtime");
+    assert!(
+        files.iter().filter(|f| runtime_library(f)).count() < 30,
+        "only the libraries crun loads: {files:?}"
     );
     assert_eq!(
         std::fs::read_link(tree.join("etc/resolv.conf"))?,

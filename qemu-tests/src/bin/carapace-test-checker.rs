@@ -377,6 +377,25 @@ fn main() {
         Ok(v) => say(&format!("release {}", v.trim())),
         Err(e) => say(&format!("release unknown: {e}")),
     }
+    // The OCI runtime and the libraries it loads are whole in the image.
+    match std::process::Command::new("/usr/bin/crun")
+        .arg("--version")
+        .output()
+    {
+        Ok(out) if out.status.success() => say(&format!(
+            "crun runs: {}",
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+        )),
+        Ok(out) => say(&format!(
+            "crun fails: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => say(&format!("crun fails: {e}")),
+    }
     match root_mount() {
         Ok(mount) => say(&format!("root {mount}")),
         Err(e) => say(&format!("error reading the root mount: {e}")),
