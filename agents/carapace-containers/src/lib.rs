@@ -20,22 +20,36 @@
 //!   signal, status), pure but for reading `memory.events`.
 //! - [`status`] — the record per container that the agent publishes as
 //!   /run/carapace/containers.json.
+//! - [`reconcile`] — the agent's decisions, pure: settings and what the
+//!   agent knows of each container → the next action (look the image up,
+//!   pull, start, stop, kill, clear), and what each outcome changes, with
+//!   its console line.
 //!
-//! Does not: pull or store images (carapace-oci does; this crate takes the
-//! layer directories and the configuration as plain inputs), read the
-//! settings file, or decide when to start what: the agent binary's reconcile
-//! loop does, with these parts.
+//! The agent binary (`src/main.rs`, the `containers` service) is the
+//! imperative shell around [`reconcile`]: it watches the settings file,
+//! pulls with carapace-oci, runs crun and publishes the status.
+//!
+//! Does not: pull or store images (carapace-oci does; the library takes
+//! the layer directories and the configuration as plain inputs, and
+//! [`reconcile`] only reads the store through
+//! [`reconcile::ImageCache`]), or read the settings file (the binary does).
 
 pub mod bundle;
 pub mod container_log;
 pub mod image_user;
 pub mod policy;
+pub mod reconcile;
 pub mod runtime;
 pub mod spec;
 pub mod status;
 
+/// The image store on the node (carapace-oci's `blobs/`, `layers/` and
+/// `images/`), and the bundles beside them in [`RUN_ROOT`].
+pub const STORE_ROOT: &str = "/var/lib/carapace/containers";
+
 /// Where the bundles of the containers live on the node, one directory per
-/// container name.
+/// container name: inside [`STORE_ROOT`] (the layers the overlays stack are
+/// on the same filesystem) under a name the store does not use.
 pub const RUN_ROOT: &str = "/var/lib/carapace/containers/run";
 
 /// The cgroup v2 hierarchy.

@@ -375,6 +375,24 @@ impl Running {
             .and_then(|s| s.trim().parse().ok())
     }
 
+    /// Waits until crun has created the container and written its pid, and
+    /// returns it; None when crun ended first (it could not start the
+    /// container, or the container was gone at once without a pid file)
+    /// or `within` ran out. [`Running::wait`] still reports how it ended.
+    pub async fn wait_for_pid(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(pid) = self.container_pid() {
+                return Some(pid);
+            }
+            // tokio keeps the status for `wait`, which then returns it.
+            if !matches!(self.child.try_wait(), Ok(None)) || Instant::now() >= deadline {
+                return self.container_pid();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits for the container to end, reads the last of its output, and
     /// tells how it ended.
     pub async fn wait(mut self) -> Result<Ended, RuntimeError> {
@@ -429,7 +447,8 @@ mod tests {
     }
 
     /// A stand-in for crun: records its arguments in `calls`, and for `run`
-    /// executes `<bundle>/fake-run.sh` (with CRUN_LOG set to the --log file).
+    /// writes the pid file (unless the bundle holds `no-pid`) and executes
+    /// `<bundle>/fake-run.sh` (with CRUN_LOG set to the --log file).
     const FAKE_CRUN: &str = r#"#!/bin/sh
 dir=$(dirname "$0")
 echo "$*" >> "$dir/calls"
@@ -441,7 +460,7 @@ cmd="$1"; shift
 case "$cmd" in
 run)
     bundle="$2"; pidfile="$4"
-    echo $$ > "$pidfile"
+    [ -e "$bundle/no-pid" ] || echo $$ > "$pidfile"
     CRUN_LOG="$log" exec sh "$bundle/fake-run.sh";;
 kill|delete|state)
     id=""
@@ -582,6 +601,33 @@ exit 2
         assert_eq!(
             running.wait().await.expect("wait").reason,
             ExitReason::Exited(0)
+        );
+        std::fs::remove_dir_all(&f.dir).ok();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiting_for_the_pid_ends_with_the_pid_or_when_crun_ends_without_one() {
+        let f = fixture("waitpid");
+        let b = f.bundle("web", "sleep 0.3\n");
+        let mut running = f.runtime.run(&b, &f.logs, None).await.expect("run");
+        let pid = running.wait_for_pid(Duration::from_secs(5)).await;
+        assert_eq!(pid.map(|p| p as u32), running.crun_pid());
+        assert_eq!(
+            running.wait().await.expect("wait").reason,
+            ExitReason::Exited(0)
+        );
+
+        // crun that fails before creating anything: no pid file, and no
+        // waiting for the whole timeout.
+        let b = f.bundle("bad", "echo 'no such image' > \"$CRUN_LOG\"\nexit 1\n");
+        std::fs::write(b.dir().join("no-pid"), "").expect("no pid file");
+        let mut running = f.runtime.run(&b, &f.logs, None).await.expect("run");
+        let started = Instant::now();
+        assert_eq!(running.wait_for_pid(Duration::from_secs(20)).await, None);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(
+            running.wait().await.expect("the status is kept").reason,
+            ExitReason::StartFailed("no such image".into())
         );
         std::fs::remove_dir_all(&f.dir).ok();
     }
