@@ -35,6 +35,10 @@ pub struct Status {
     pub services: serde_json::Value,
     /// The network agent's report (/run/carapace/network.json), or null.
     pub network: serde_json::Value,
+    /// Each declared container's image digest, state, restarts and last
+    /// exit or error, as the container agent publishes them in
+    /// /run/carapace/containers.json (an empty list if it has not yet).
+    pub containers: serde_json::Value,
     /// How remote callers reach this API.
     pub api: ApiInfo,
     /// What became of the first-boot user data.
@@ -84,6 +88,8 @@ pub struct Facts {
     pub services: String,
     /// /run/carapace/network.json.
     pub network: String,
+    /// /run/carapace/containers.json.
+    pub containers: String,
 }
 
 /// Shapes the status from what the node's files say; anything missing or
@@ -105,6 +111,10 @@ pub fn status_from(facts: &Facts, api: &ApiInfo, user_data: &UserDataReport) -> 
         .ok()
         .filter(serde_json::Value::is_object)
         .unwrap_or_default();
+    let containers = serde_json::from_str::<serde_json::Value>(&facts.containers)
+        .ok()
+        .filter(serde_json::Value::is_array)
+        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
     Status {
         version: text("version").unwrap_or_else(|| "unknown".into()),
         roothash: text("roothash").unwrap_or_else(|| "none".into()),
@@ -114,6 +124,7 @@ pub fn status_from(facts: &Facts, api: &ApiInfo, user_data: &UserDataReport) -> 
         var: facts.var,
         services,
         network,
+        containers,
         api: api.clone(),
         user_data: user_data.clone(),
     }
@@ -125,6 +136,8 @@ pub const SERVICES_FILE: &str = "/run/carapace/services.json";
 pub const BOOT_FILE: &str = "/run/carapace/boot.json";
 /// Where the network agent publishes its state.
 pub const NETWORK_FILE: &str = "/run/carapace/network.json";
+/// Where the container agent publishes the containers' states.
+pub const CONTAINERS_FILE: &str = "/run/carapace/containers.json";
 
 /// The real node, with what the daemon knows of itself.
 pub struct RealNode {
@@ -146,6 +159,7 @@ impl NodeOps for RealNode {
             var,
             services: read(SERVICES_FILE),
             network: read(NETWORK_FILE),
+            containers: read(CONTAINERS_FILE),
         };
         let api = self.api.lock().map(|a| a.clone()).unwrap_or_default();
         status_from(&facts, &api, &self.user_data)
@@ -177,6 +191,7 @@ mod tests {
             }),
             services: r#"[{"name":"api","state":"running","restarts":0}]"#.into(),
             network: r#"{"interface":"eth0","addresses":["10.0.2.15/24"]}"#.into(),
+            containers: r#"[{"name":"web","state":"running","restarts":2}]"#.into(),
         };
         let api = ApiInfo {
             tls_listen: Some("0.0.0.0:8443".into()),
@@ -196,12 +211,14 @@ mod tests {
         assert!((s.uptime_seconds - 12.34).abs() < 1e-9);
         assert_eq!(s.services[0]["state"], "running");
         assert_eq!(s.network["addresses"][0], "10.0.2.15/24");
+        assert_eq!(s.containers[0]["restarts"], 2);
         assert_eq!(s.api, api);
         assert_eq!(s.user_data, user_data);
         let none = status_from(
             &Facts {
                 services: "{ torn".into(),
                 network: "[1]".into(),
+                containers: "{\"torn\"".into(),
                 ..Facts::default()
             },
             &ApiInfo::default(),
@@ -213,6 +230,7 @@ mod tests {
             "a missing or torn file is no services"
         );
         assert_eq!(none.network, serde_json::Value::Null);
+        assert_eq!(none.containers, serde_json::json!([]));
         assert_eq!(
             (
                 none.version.as_str(),
