@@ -153,6 +153,28 @@ impl TestDisk {
 
     /// Runs `e2fsck -n -f` on a copy of the state partition (QEMU must have
     /// exited); Ok(()) when it is clean, else its report.
+    /// Lists a directory of the state partition (a path relative to /var,
+    /// e.g. `/lib/carapace`) with debugfs, on the host, after the node is
+    /// down: the names in it.
+    pub fn list_var_dir(&self, dir: &str) -> Result<Vec<String>> {
+        let var = self.partition(part_type::VAR, None)?;
+        let copy = self.dir.join("var-list.ext4");
+        self.extract(&var, &copy)?;
+        let out = Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("ls -p {dir}"))
+            .arg(&copy)
+            .output()
+            .context("cannot run debugfs (package e2fsprogs)")?;
+        std::fs::remove_file(&copy)?;
+        // `ls -p` prints /inode/mode/uid/gid/name/size/ per entry.
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split('/').nth(5).map(str::to_string))
+            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .collect())
+    }
+
     pub fn check_var_is_clean(&self) -> Result<()> {
         let var = self.partition(part_type::VAR, None)?;
         let copy = self.dir.join("var.ext4");
@@ -303,6 +325,9 @@ pub struct Node {
     monitor: PathBuf,
     /// The host port forwarded to the node's API port (8443).
     pub api_port: u16,
+    /// The host port forwarded to the node's port 8080 (for what a container
+    /// with host networking serves).
+    pub app_port: u16,
     /// Everything read from the console so far.
     pub transcript: String,
     /// Every boot of the disk's console, appended to
@@ -312,6 +337,8 @@ pub struct Node {
 
 /// The node's API port, as the image serves it.
 pub const NODE_API_PORT: u16 = 8443;
+/// The node port the tests forward for containers (`Node::app_port`).
+pub const NODE_APP_PORT: u16 = 8080;
 
 /// A TCP port on the host's loopback that is free now.
 pub fn free_port() -> Result<u16> {
@@ -323,7 +350,14 @@ pub fn free_port() -> Result<u16> {
 /// stdio, one virtio NIC on QEMU's user network (its DHCP gives the node
 /// 10.0.2.15; the host is 10.0.2.2), with host port `api_port` on 127.0.0.1
 /// forwarded to the node's API.
-pub fn qemu_command(disk: &Path, vars: &Path, monitor: Option<&Path>, api_port: u16) -> Command {
+/// `forwards` adds more `(host port, guest port)` forwards on loopback.
+pub fn qemu_command(
+    disk: &Path,
+    vars: &Path,
+    monitor: Option<&Path>,
+    api_port: u16,
+    forwards: &[(u16, u16)],
+) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024", "-smp", "1",
@@ -346,7 +380,11 @@ pub fn qemu_command(disk: &Path, vars: &Path, monitor: Option<&Path>, api_port: 
     .args(["-device", "virtio-rng-pci"])
     .arg("-netdev")
     .arg(format!(
-        "user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:{NODE_API_PORT}"
+        "user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:{NODE_API_PORT}{}",
+        forwards
+            .iter()
+            .map(|(host, guest)| format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"))
+            .collect::<String>()
     ))
     .args(["-device", "virtio-net-pci,netdev=net0"]);
     if let Some(m) = monitor {
@@ -362,7 +400,14 @@ impl Node {
         let monitor = disk.dir.join("monitor.sock");
         let _ = std::fs::remove_file(&monitor);
         let api_port = free_port()?;
-        let mut cmd = qemu_command(&disk.disk, &disk.vars, Some(&monitor), api_port);
+        let app_port = free_port()?;
+        let mut cmd = qemu_command(
+            &disk.disk,
+            &disk.vars,
+            Some(&monitor),
+            api_port,
+            &[(app_port, NODE_APP_PORT)],
+        );
         cmd.args(extra_args);
         let options = rexpect::reader::Options::new()
             .timeout_ms(Some(EXPECT_TIMEOUT.as_millis() as u64))
@@ -378,6 +423,7 @@ impl Node {
             session,
             monitor,
             api_port,
+            app_port,
             transcript: String::new(),
             log,
         })
@@ -839,6 +885,113 @@ pub fn update_sources() -> PathBuf {
     std::env::var_os("CARAPACE_UPDATE_SOURCES")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("build/updates"))
+}
+
+/// The test container image as an OCI layout (made by `cargo xtask test`).
+pub fn test_oci_layout() -> PathBuf {
+    std::env::var_os("CARAPACE_TEST_OCI_LAYOUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/test-container-oci"))
+}
+
+/// An OCI registry on the host's loopback (Debian's docker-registry, with
+/// its storage in a directory of its own), stopped when dropped. The node
+/// reaches it as `10.0.2.2:<port>` over plain HTTP.
+pub struct Registry {
+    pub port: u16,
+    dir: PathBuf,
+    child: std::process::Child,
+}
+
+impl Registry {
+    /// Starts a registry and waits until it answers `/v2/`.
+    pub fn start(name: &str) -> Result<Registry> {
+        let port = free_port()?;
+        let dir = workspace_root()
+            .join("target/qemu-tests")
+            .join(format!("registry-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("storage"))?;
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("storage").display()
+            ),
+        )?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::fs::File::create(dir.join("registry.log"))?)
+            .stderr(std::fs::File::create(dir.join("registry.err"))?)
+            .spawn()
+            .context("cannot start docker-registry (package docker-registry)")?;
+        let registry = Registry { port, dir, child };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let mut head = [0u8; 12];
+                if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") {
+                    return Ok(registry);
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("docker-registry did not answer on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Pushes the OCI layout `layout` (tag `tag` in its index) as
+    /// `<repository>:<target_tag>` with skopeo.
+    pub fn push(&self, layout: &Path, tag: &str, repository: &str, target_tag: &str) -> Result<()> {
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!(
+                "docker://127.0.0.1:{}/{repository}:{target_tag}",
+                self.port
+            ))
+            .output()
+            .context("cannot run skopeo (package skopeo)")?;
+        if !out.status.success() {
+            bail!(
+                "skopeo copy to the test registry failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// The image reference as the node sees it.
+    pub fn reference_for_node(&self, repository: &str, tag: &str) -> String {
+        format!("10.0.2.2:{}/{repository}:{tag}", self.port)
+    }
+
+    /// The registry host as the node's settings name it.
+    pub fn host_for_node(&self) -> String {
+        format!("10.0.2.2:{}", self.port)
+    }
+
+    /// Manifest and blob requests the registry has logged so far (its
+    /// access log), to tell a pull from a cached start.
+    pub fn log(&self) -> String {
+        let mut all = std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default();
+        all.push_str(&std::fs::read_to_string(self.dir.join("registry.err")).unwrap_or_default());
+        all
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::env::var_os("CARAPACE_KEEP_TEST_DISKS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 #[cfg(test)]

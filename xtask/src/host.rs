@@ -32,6 +32,10 @@ pub const IMAGE_TOOLS: &[&str] = &[
     "zstd",
 ];
 
+/// What the container tests run on the host: an OCI registry and the client
+/// that pushes the test image to it.
+pub const TEST_TOOLS: &[&str] = &["docker-registry", "skopeo"];
+
 /// The packages of `pkgs` that are not installed, asked of dpkg in one call.
 fn missing<'a>(pkgs: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["-W".to_string(), "-f=${Package}\t${Status}\n".to_string()];

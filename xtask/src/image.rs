@@ -69,6 +69,7 @@ const NODE_BINS: &[(&str, &str)] = &[
     ("carapace-net", "carapace-net"),
     ("carapace-bus", "carapace-bus"),
     ("carapace-update", "carapace-update"),
+    ("carapace-containers", "carapace-containers"),
 ];
 /// The guest-side probes only the test image carries.
 const TEST_BINS: &[(&str, &str)] = &[

@@ -14,6 +14,7 @@ mod cpio;
 mod host;
 mod image;
 mod kernel;
+mod oci_layout;
 mod qemu;
 mod tidy;
 
@@ -70,6 +71,7 @@ fn real_main() -> Result<()> {
             host::ensure_backports_suite()?;
             host::ensure_backports_packages(host::IMAGE_TOOLS)?;
             host::ensure_packages(kernel::HOST_PACKAGES)?;
+            host::ensure_packages(host::TEST_TOOLS)?;
         }
         Some("kernel") => {
             let k = kernel::build(&root)?;
@@ -139,6 +141,10 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         .run()?;
     let img = image::build(root, image::Variant::Test)?;
     let sources = update_sources(root)?;
+    // The container tests push this image to a registry on the host.
+    host::ensure_packages(host::TEST_TOOLS)?;
+    let bins = binaries::build(root, &[("qemu-tests", "carapace-test-container")])?;
+    let layout = oci_layout::write(&bins[0], &root.join("build/test-container-oci"))?;
     // The tests drive the node with the host's CLI, as an operator would.
     duct::cmd!(
         &cargo,
@@ -158,6 +164,7 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         .env("CARAPACE_TEST_IMAGE", &img.disk)
         .env("CARAPACE_CTL", &ctl)
         .env("CARAPACE_UPDATE_SOURCES", &sources)
+        .env("CARAPACE_TEST_OCI_LAYOUT", &layout)
         .run()?;
     Ok(())
 }

@@ -31,7 +31,7 @@ pub fn run_interactive(image: &Image, user_data: Option<&Path>, api_port: u16) -
             .run()
             .context("cannot copy the image for the node")?;
     }
-    let mut cmd = qemu_tests::qemu_command(&node_disk, &vars, None, api_port);
+    let mut cmd = qemu_tests::qemu_command(&node_disk, &vars, None, api_port, &[]);
     // The harness uses -serial stdio and -no-reboot; interactively we want the
     // monitor multiplexed on the terminal and reboots to stay in QEMU.
     let args: Vec<String> = cmd
