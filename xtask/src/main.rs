@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_containers;
 mod bench_update;
 mod binaries;
 mod bundle;
@@ -40,6 +41,8 @@ commands:
                     (default 32) concurrent clients for SECONDS (default 30)
   bench update      measure an A/B update: bundle size, download-and-apply time,
                     reboot to blessed, and our verity check against veritysetup
+  bench containers  commit to first log line (cold pull and cached), and the node's
+                    memory in use with no containers and with ten idle ones
 ";
 
 fn main() {
@@ -123,8 +126,9 @@ fn real_main() -> Result<()> {
                 bench_api::api(&root, clients, secs)?;
             }
             Some("update") => bench_update::update(&root)?,
+            Some("containers") => bench_containers::containers(&root)?,
             _ => bail!(
-                "usage: cargo xtask bench boot [N] | bench api [CLIENTS] [SECONDS] | bench update"
+                "usage: cargo xtask bench boot [N] | bench api [CLIENTS] [SECONDS] | bench update | bench containers"
             ),
         },
         Some("-h") | Some("--help") | Some("help") | None => print!("{USAGE}"),

@@ -30,6 +30,8 @@ pub struct Status {
     pub boot_id: String,
     pub uptime_seconds: f64,
     pub var: Option<Usage>,
+    /// The node's memory (/proc/meminfo): total, and available to new work.
+    pub memory: Option<Memory>,
     /// Every service's state and restart count, as carapace-init publishes
     /// them in /run/carapace/services.json (an empty list if it has not yet).
     pub services: serde_json::Value,
@@ -68,6 +70,30 @@ pub struct UserDataReport {
     pub error: Option<String>,
 }
 
+/// Memory, in bytes, from /proc/meminfo (`MemTotal`, `MemAvailable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Memory {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+impl Memory {
+    /// Reads /proc/meminfo's text; None when either line is missing.
+    pub fn parse(meminfo: &str) -> Option<Memory> {
+        let field = |name: &str| {
+            meminfo.lines().find_map(|l| {
+                let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+                let kib: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+                Some(kib * 1024)
+            })
+        };
+        Some(Memory {
+            total_bytes: field("MemTotal")?,
+            available_bytes: field("MemAvailable")?,
+        })
+    }
+}
+
 /// Space on a filesystem, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Usage {
@@ -90,6 +116,8 @@ pub struct Facts {
     pub network: String,
     /// /run/carapace/containers.json.
     pub containers: String,
+    /// /proc/meminfo.
+    pub meminfo: String,
 }
 
 /// Shapes the status from what the node's files say; anything missing or
@@ -122,6 +150,7 @@ pub fn status_from(facts: &Facts, api: &ApiInfo, user_data: &UserDataReport) -> 
         boot_id: facts.boot_id.trim().to_string(),
         uptime_seconds,
         var: facts.var,
+        memory: Memory::parse(&facts.meminfo),
         services,
         network,
         containers,
@@ -160,6 +189,7 @@ impl NodeOps for RealNode {
             services: read(SERVICES_FILE),
             network: read(NETWORK_FILE),
             containers: read(CONTAINERS_FILE),
+            meminfo: read("/proc/meminfo"),
         };
         let api = self.api.lock().map(|a| a.clone()).unwrap_or_default();
         status_from(&facts, &api, &self.user_data)
@@ -192,6 +222,9 @@ mod tests {
             services: r#"[{"name":"api","state":"running","restarts":0}]"#.into(),
             network: r#"{"interface":"eth0","addresses":["10.0.2.15/24"]}"#.into(),
             containers: r#"[{"name":"web","state":"running","restarts":2}]"#.into(),
+            meminfo:
+                "MemTotal:        1000 kB\nMemFree:          500 kB\nMemAvailable:     600 kB\n"
+                    .into(),
         };
         let api = ApiInfo {
             tls_listen: Some("0.0.0.0:8443".into()),
@@ -212,6 +245,13 @@ mod tests {
         assert_eq!(s.services[0]["state"], "running");
         assert_eq!(s.network["addresses"][0], "10.0.2.15/24");
         assert_eq!(s.containers[0]["restarts"], 2);
+        assert_eq!(
+            s.memory,
+            Some(Memory {
+                total_bytes: 1000 * 1024,
+                available_bytes: 600 * 1024
+            })
+        );
         assert_eq!(s.api, api);
         assert_eq!(s.user_data, user_data);
         let none = status_from(
@@ -231,6 +271,7 @@ mod tests {
         );
         assert_eq!(none.network, serde_json::Value::Null);
         assert_eq!(none.containers, serde_json::json!([]));
+        assert_eq!(none.memory, None, "no meminfo, no memory figures");
         assert_eq!(
             (
                 none.version.as_str(),
