@@ -55,7 +55,7 @@ async fn first_line(client: &mut Client, name: &str, image: &str) -> Result<Dura
         serde_json::json!({ "containers": { name: { "image": image } } }),
     )
     .await?;
-    let path = format!("/v1/logs?service=container_{name}&lines=1");
+    let path = format!("/v1/logs?service=container_{name}&lines=100");
     loop {
         if let Ok(v) = client.call(Method::GET, &path, None).await {
             if String::from_utf8_lossy(&v.body).contains("hello from the test container") {
