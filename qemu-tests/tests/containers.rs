@@ -91,12 +91,20 @@ fn a_declared_container_runs_restarts_survives_reboot_and_is_removed() -> Result
     registry.push(&test_oci_layout(), "1", "test/hello", "1")?;
     let image = registry.reference_for_node("test/hello", "1");
     let disk = TestDisk::fresh("containers")?;
+    // A hostname in the user data keeps the checker from committing one of
+    // its own (the API has one staging area for all callers).
     let mut node = disk.boot_with_user_data(&format!(
-        "[api]\ntoken = \"{TOKEN}\"\n[registries.\"{}\"]\ninsecure = true\n",
+        "hostname = \"containers-node\"\n[api]\ntoken = \"{TOKEN}\"\n[registries.\"{}\"]\ninsecure = true\n",
         registry.host_for_node()
     ))?;
     node.wait_ready()?;
     let fingerprint = node.wait_api_reachable()?;
+    node.wait_until("the checker is done", |t| t.contains("checker: done"))?;
+    assert!(
+        node.transcript
+            .contains("checker: api patch skipped: the hostname came from user data"),
+        "the checker left the settings alone"
+    );
     let ctl = node.ctl(&fingerprint, Some(TOKEN));
 
     // Declare two containers and commit: a server on the host network, and
