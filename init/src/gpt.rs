@@ -255,52 +255,11 @@ impl Header {
                 need,
             });
         }
-        let lba1 = &head[sector_size..need];
-        if &lba1[0..8] != SIGNATURE {
-            return Err(GptError::NoSignature);
-        }
-        let size = le32(lba1, 12);
-        if !(92..=sector_size as u32).contains(&size) {
-            return Err(GptError::HeaderSize(size));
-        }
-        let stored = le32(lba1, 16);
-        let mut copy = lba1[..size as usize].to_vec();
-        copy[16..20].fill(0); // The CRC covers the header with its own field zeroed.
-        let computed = crc32(&copy);
-        if stored != computed {
-            return Err(GptError::HeaderCrc { stored, computed });
-        }
-        let my_lba = le64(lba1, 24);
-        if my_lba != 1 {
-            return Err(GptError::NotPrimary(my_lba));
-        }
-        let header = Header {
-            sector_size,
-            alternate_lba: le64(lba1, 32),
-            first_usable_lba: le64(lba1, 40),
-            last_usable_lba: le64(lba1, 48),
-            disk_guid: guid_at(lba1, 56),
-            entries_lba: le64(lba1, 72),
-            entry_count: le32(lba1, 80),
-            entry_size: le32(lba1, 84),
-            entries_crc: le32(lba1, 88),
-        };
-        if header.first_usable_lba > header.last_usable_lba {
-            return Err(GptError::UsableArea {
-                first: header.first_usable_lba,
-                last: header.last_usable_lba,
-            });
-        }
+        let header = parse_fields(&head[sector_size..need], sector_size, 1)?;
         if header.entries_lba < 2 {
             return Err(GptError::EntriesLba(header.entries_lba));
         }
-        let es = header.entry_size;
-        if es < 128 || !es.is_power_of_two() || es > 4096 {
-            return Err(GptError::EntrySize(es));
-        }
-        if header.entry_count > MAX_ENTRIES {
-            return Err(GptError::TooManyEntries(header.entry_count));
-        }
+        check_entry_shape(&header)?;
         Ok(header)
     }
 
@@ -499,19 +458,10 @@ pub fn encode_name(name: &str) -> Result<[u8; 2 * MAX_NAME_UNITS], IdentityError
     Ok(out)
 }
 
-/// Parses and checks a GPT header found at `lba`: the checks of
-/// [`Header::parse`] for a header that may be the primary or the backup,
-/// plus that its entry array lies outside the usable area and clear of the
-/// header (it is about to be written). A header that says it sits
-/// elsewhere than `lba` is [`GptError::NotPrimary`].
-fn parse_header_at(sector: &[u8], sector_size: usize, lba: u64) -> Result<Header, GptError> {
-    if sector.len() < sector_size {
-        return Err(GptError::Truncated {
-            what: "the GPT header",
-            len: sector.len(),
-            need: sector_size,
-        });
-    }
+/// The checks every header copy shares, on its sector (`sector_size`
+/// bytes): signature, size, CRC, that it says it sits at `lba` (else
+/// [`GptError::NotPrimary`]), and a usable area that is not inverted.
+fn parse_fields(sector: &[u8], sector_size: usize, lba: u64) -> Result<Header, GptError> {
     if &sector[0..8] != SIGNATURE {
         return Err(GptError::NoSignature);
     }
@@ -521,14 +471,13 @@ fn parse_header_at(sector: &[u8], sector_size: usize, lba: u64) -> Result<Header
     }
     let stored = le32(sector, 16);
     let mut copy = sector[..size as usize].to_vec();
-    copy[16..20].fill(0);
+    copy[16..20].fill(0); // The CRC covers the header with its own field zeroed.
     let computed = crc32(&copy);
     if stored != computed {
         return Err(GptError::HeaderCrc { stored, computed });
     }
     let my_lba = le64(sector, 24);
     if my_lba != lba {
-        // For the backup, the caller says which copy this is.
         return Err(GptError::NotPrimary(my_lba));
     }
     let header = Header {
@@ -548,6 +497,11 @@ fn parse_header_at(sector: &[u8], sector_size: usize, lba: u64) -> Result<Header
             last: header.last_usable_lba,
         });
     }
+    Ok(header)
+}
+
+/// Entry size a power of two from 128 to 4096, and not too many entries.
+fn check_entry_shape(header: &Header) -> Result<(), GptError> {
     let es = header.entry_size;
     if es < 128 || !es.is_power_of_two() || es > 4096 {
         return Err(GptError::EntrySize(es));
@@ -555,6 +509,24 @@ fn parse_header_at(sector: &[u8], sector_size: usize, lba: u64) -> Result<Header
     if header.entry_count > MAX_ENTRIES {
         return Err(GptError::TooManyEntries(header.entry_count));
     }
+    Ok(())
+}
+
+/// Parses and checks a GPT header found at `lba`: the checks of
+/// [`Header::parse`] for a header that may be the primary or the backup,
+/// plus that its entry array lies outside the usable area and clear of the
+/// header (it is about to be written). A header that says it sits
+/// elsewhere than `lba` is [`GptError::NotPrimary`].
+fn parse_header_at(sector: &[u8], sector_size: usize, lba: u64) -> Result<Header, GptError> {
+    if sector.len() < sector_size {
+        return Err(GptError::Truncated {
+            what: "the GPT header",
+            len: sector.len(),
+            need: sector_size,
+        });
+    }
+    let header = parse_fields(&sector[..sector_size], sector_size, lba)?;
+    check_entry_shape(&header)?;
     // The array, in whole sectors, must sit between the header and the
     // usable area (primary) or between the usable area and the header
     // (backup), never over a partition.
@@ -562,8 +534,8 @@ fn parse_header_at(sector: &[u8], sector_size: usize, lba: u64) -> Result<Header
     let array_sectors = (len as u64).div_ceil(sector_size as u64);
     let first = header.entries_lba;
     let last = first.saturating_add(array_sectors).saturating_sub(1);
-    let before_usable = first > my_lba && last < header.first_usable_lba;
-    let after_usable = first > header.last_usable_lba && last < my_lba;
+    let before_usable = first > lba && last < header.first_usable_lba;
+    let after_usable = first > header.last_usable_lba && last < lba;
     if first < 2 || !(before_usable || after_usable) {
         return Err(GptError::EntriesLba(first));
     }

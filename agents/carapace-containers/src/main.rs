@@ -69,7 +69,6 @@ use carapace_model::{persist, Settings};
 use carapace_oci::{Pulled, Store};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -777,28 +776,6 @@ fn container_dirs(dir: &Path) -> Vec<ContainerName> {
         .collect()
 }
 
-/// Identity of the settings file: a rename gives a new inode, an in-place
-/// write a new mtime or size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
-    dev: u64,
-    ino: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-    size: u64,
-}
-
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    let m = std::fs::metadata(path).ok()?;
-    Some(Fingerprint {
-        dev: m.dev(),
-        ino: m.ino(),
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
-        size: m.size(),
-    })
-}
-
 /// What a look at the settings file found.
 #[derive(Debug, PartialEq)]
 enum SettingsPoll {
@@ -810,31 +787,20 @@ enum SettingsPoll {
 
 /// Polls the settings file.
 #[derive(Debug)]
-struct SettingsWatch {
-    path: PathBuf,
-    /// None before the first poll; Some(None) while there is no file.
-    last: Option<Option<Fingerprint>>,
-}
+struct SettingsWatch(persist::SettingsWatch);
 
 impl SettingsWatch {
     fn new(path: impl Into<PathBuf>) -> SettingsWatch {
-        SettingsWatch {
-            path: path.into(),
-            last: None,
-        }
+        SettingsWatch(persist::SettingsWatch::new(path))
     }
 
     /// The settings if the file changed since the last call (always on the first).
     fn poll(&mut self) -> SettingsPoll {
-        let now = fingerprint(&self.path);
-        if self.last == Some(now) {
-            return SettingsPoll::Unchanged;
-        }
-        self.last = Some(now);
-        match persist::load(&self.path) {
-            Ok(Some(s)) => SettingsPoll::Loaded(Box::new(s)),
-            Ok(None) => SettingsPoll::Missing,
-            Err(e) => SettingsPoll::Failed(e.to_string()),
+        match self.0.poll() {
+            None => SettingsPoll::Unchanged,
+            Some(Ok(Some(s))) => SettingsPoll::Loaded(Box::new(s)),
+            Some(Ok(None)) => SettingsPoll::Missing,
+            Some(Err(e)) => SettingsPoll::Failed(e.to_string()),
         }
     }
 }

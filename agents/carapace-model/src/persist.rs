@@ -93,6 +93,58 @@ pub fn load(path: &Path) -> Result<Option<Settings>, PersistError> {
         })
 }
 
+/// Identity of a file: a rename gives a new inode, an in-place write a new
+/// mtime or size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    size: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+        size: m.size(),
+    })
+}
+
+/// Polls a settings file for the agents that apply what the API commits
+/// (about once a second is plenty: commits are rare).
+#[derive(Debug)]
+pub struct SettingsWatch {
+    path: PathBuf,
+    /// None before the first poll; Some(None) while the file is absent.
+    last: Option<Option<Stamp>>,
+}
+
+impl SettingsWatch {
+    pub fn new(path: impl Into<PathBuf>) -> SettingsWatch {
+        SettingsWatch {
+            path: path.into(),
+            last: None,
+        }
+    }
+
+    /// None when the file is as at the last call; otherwise (and always on
+    /// the first call) what [`load`] makes of it now.
+    pub fn poll(&mut self) -> Option<Result<Option<Settings>, PersistError>> {
+        let now = stamp(&self.path);
+        if self.last == Some(now) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(load(&self.path))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,6 @@ use carapace_model::settings::{Cidr, Network};
 use carapace_model::{persist, Area, Settings};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Where the API server commits settings.
@@ -42,58 +41,21 @@ pub fn changes(old: &Settings, new: &Settings) -> Changes {
     }
 }
 
-/// Identity of the settings file: a rename gives a new inode, an in-place
-/// write a new mtime or size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
-    dev: u64,
-    ino: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-    size: u64,
-}
-
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    let m = std::fs::metadata(path).ok()?;
-    Some(Fingerprint {
-        dev: m.dev(),
-        ino: m.ino(),
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
-        size: m.size(),
-    })
-}
-
-/// Polls the settings file (about once a second is plenty: the API server
-/// commits rarely).
+/// Polls the settings file: the settings when it changed since the last
+/// call (always on the first), defaults when there is no file, an error
+/// when it cannot be loaded; None when nothing changed.
 #[derive(Debug)]
-pub struct SettingsWatch {
-    path: PathBuf,
-    /// None before the first poll; Some(None) while the file is absent.
-    last: Option<Option<Fingerprint>>,
-}
+pub struct SettingsWatch(persist::SettingsWatch);
 
 impl SettingsWatch {
     pub fn new(path: impl Into<PathBuf>) -> SettingsWatch {
-        SettingsWatch {
-            path: path.into(),
-            last: None,
-        }
+        SettingsWatch(persist::SettingsWatch::new(path))
     }
 
-    /// The settings if the file changed since the last call (always on the
-    /// first): defaults when there is no file, an error when it cannot be
-    /// loaded. None when nothing changed.
     pub fn poll(&mut self) -> Option<Result<Settings, String>> {
-        let now = fingerprint(&self.path);
-        if self.last == Some(now) {
-            return None;
-        }
-        self.last = Some(now);
-        Some(match persist::load(&self.path) {
-            Ok(s) => Ok(s.unwrap_or_default()),
-            Err(e) => Err(e.to_string()),
-        })
+        self.0
+            .poll()
+            .map(|r| r.map(Option::unwrap_or_default).map_err(|e| e.to_string()))
     }
 }
 
