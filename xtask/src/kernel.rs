@@ -2,14 +2,16 @@
 //! pinned `linux-source-6.12` package (kernel-config/source) with
 //! `make tinyconfig` plus our fragment (kernel-config/carapace.config).
 //!
-//! The result is cached in `target/kernel/<key>/`, where the key is a SHA-256
+//! The result is cached outside the checkout, in `/var/cache/carapace/kernel/<key>/`
+//! (`CARAPACE_KERNEL_CACHE` overrides the directory), so that every clone on
+//! the machine, CI's fresh one included, builds a kernel once. The key is a SHA-256
 //! of the fragment, the pin and the installed package version: an unchanged
 //! tree returns at once, and a security update of the source package rebuilds.
 //! Every option the fragment sets must survive `make olddefconfig` (which drops
 //! options whose dependencies are off without a word); otherwise the build
 //! fails and names all of them.
 //!
-//! Layout under `target/kernel/`: `src/` (the extracted tarball, once per
+//! Layout under the cache directory: `src/` (the extracted tarball, once per
 //! package version), `build/` (the `O=` object tree, reused between builds of
 //! the same source so a fragment tweak rebuilds only what it touches),
 //! `build.log` (make's output), `fragment.config` (the fragment as hashed),
@@ -52,6 +54,14 @@ pub struct Kernel {
 
 /// The fragment, relative to the workspace root.
 const FRAGMENT: &str = "kernel-config/carapace.config";
+/// Where built kernels are kept: outside any checkout, shared by every clone
+/// on the machine.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("CARAPACE_KERNEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/carapace/kernel"))
+}
+
 /// The source pin, relative to the workspace root.
 const PIN: &str = "kernel-config/source";
 /// Lines of make's log quoted in an error.
@@ -72,7 +82,7 @@ pub fn build(workspace_root: &Path) -> Result<Kernel> {
     let version = installed_version(&pin.package)?;
     let key = cache_key(fragment.as_bytes(), &pin_bytes, &version);
 
-    let base = workspace_root.join("target/kernel");
+    let base = cache_dir();
     let entry = base.join(&key);
     if let Some(kernel) = cached(&entry)? {
         return Ok(kernel);
@@ -240,7 +250,7 @@ fn cached(dir: &Path) -> Result<Option<Kernel>> {
     Ok(Some(Kernel { bzimage, release }))
 }
 
-/// An exclusive lock on `target/kernel/lock`, held until dropped, so that two
+/// An exclusive lock on `<cache>/lock`, held until dropped, so that two
 /// xtask processes never share the source and object trees.
 struct BuildLock {
     _file: File,
