@@ -1,6 +1,6 @@
 //! The `containers` and `registries` settings: what the container agent runs
 //! and where it may pull images from. Every leaf validates itself when it is
-//! deserialized; [`check`] adds the rules that span fields (how many
+//! deserialized; `check` adds the rules that span fields (how many
 //! containers, duplicate mount targets, credentials given whole).
 //!
 //! ```json

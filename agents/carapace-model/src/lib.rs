@@ -9,6 +9,14 @@
 //! server's, with the pure helpers here (`Settings::changed_areas`,
 //! `persist::save`) to keep them small.
 //!
+//! Input is strict, the file lenient. A change through the API or first-boot
+//! user data that names a field this version does not know is refused with
+//! its path. The settings file on /var (`settings_file`, saved by
+//! `persist`) carries a `schema` number, and reading it keeps the fields a
+//! newer version wrote instead of failing: after a rollback or a downgrade
+//! the older version runs with every setting it knows, and its commits
+//! write the newer fields back where they were.
+//!
 //! Invariant: a `Settings` value that exists is valid; there is no way to
 //! build one that fails validation.
 
@@ -16,6 +24,7 @@ pub mod containers;
 pub mod error;
 pub mod persist;
 pub mod settings;
+pub mod settings_file;
 pub mod store;
 pub mod sysctl;
 pub mod user_data;

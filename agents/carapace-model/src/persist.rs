@@ -1,8 +1,11 @@
 //! Committed settings on /var: written to a temporary file, fsynced, renamed
 //! over the old file and the directory fsynced, so a power cut leaves either
-//! the old or the new settings, never a torn file.
+//! the old or the new settings, never a torn file. What the file holds and
+//! how versions share it (the schema, fields this version does not know) is
+//! [`crate::settings_file`]'s.
 
 use crate::settings::Settings;
+use crate::settings_file;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -55,20 +58,24 @@ pub fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
-/// Saves `settings` at `path` atomically and durably.
+/// Saves `settings` at `path` atomically and durably, as
+/// [`settings_file::to_json`] makes them: with the schema, and with the
+/// fields the file held that this version does not know.
 pub fn save(path: &Path, settings: &Settings) -> Result<(), PersistError> {
     let write_err = |err| PersistError::Write {
         path: path.to_path_buf(),
         err,
     };
-    let mut text =
-        serde_json::to_vec_pretty(settings).map_err(|e| write_err(std::io::Error::other(e)))?;
+    let mut text = serde_json::to_vec_pretty(&settings_file::to_json(settings))
+        .map_err(|e| write_err(std::io::Error::other(e)))?;
     text.push(b'\n');
     write_file(path, &text, 0o600).map_err(write_err)
 }
 
-/// Loads the settings at `path`: None if there are none yet. A leftover
-/// temporary file from an interrupted save is ignored.
+/// Loads the settings at `path`: None if there are none yet. The file is
+/// read leniently ([`settings_file::from_json`]): fields a newer version
+/// wrote are kept for the next save, not an error. A leftover temporary
+/// file from an interrupted save is ignored.
 pub fn load(path: &Path) -> Result<Option<Settings>, PersistError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
@@ -85,7 +92,7 @@ pub fn load(path: &Path) -> Result<Option<Settings>, PersistError> {
             path: path.to_path_buf(),
             err: e.to_string(),
         })?;
-    Settings::from_value(value)
+    settings_file::from_json(value)
         .map(Some)
         .map_err(|e| PersistError::Invalid {
             path: path.to_path_buf(),
@@ -196,6 +203,62 @@ mod tests {
         // A power cut after the temporary file was partly written.
         std::fs::write(tmp_path(&path), b"{\"hostname\": \"node-").expect("torn temp file");
         assert_eq!(load(&path).expect("loads"), Some(old));
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn a_field_from_a_newer_version_survives_load_and_commit() {
+        use crate::settings::TokenHash;
+        use crate::store::Store;
+        use serde_json::json;
+        let d = dir("newer");
+        let path = d.join("settings.json");
+        let hash = TokenHash::of("0123456789abcdef");
+        let newer = json!({
+            "schema": 2,
+            "fleet": { "group": "edge" },
+            "api": { "token_sha256": hash.as_str(), "rate_limit": 50 },
+            "network": { "dhcp": false, "addresses": ["10.0.2.15/24"],
+                         "routes": [{ "to": "0.0.0.0/0", "via": "10.0.2.2" }] },
+            "containers": { "web": { "image": "nginx:1.27", "gpu": "any" } }
+        });
+        std::fs::write(&path, newer.to_string()).expect("written by a newer version");
+
+        // Rolled back: this version loads what it knows and keeps the rest.
+        let loaded = load(&path).expect("loads").expect("settings");
+        assert!(loaded
+            .api
+            .token_sha256
+            .as_ref()
+            .is_some_and(|h| h.matches("0123456789abcdef")));
+        assert!(!loaded.network.dhcp);
+        assert_eq!(loaded.network.addresses.len(), 1);
+        assert!(loaded.containers.contains_key("web"));
+
+        // An unrelated change, committed as the API commits.
+        let mut store = Store::new(loaded);
+        let commit = |store: &mut Store, patch| {
+            store.stage(patch).expect("valid");
+            store
+                .commit(|_, new, _| save(&path, new).map_err(|e| e.to_string()))
+                .expect("commits");
+            let text = std::fs::read(&path).expect("read back");
+            serde_json::from_slice::<serde_json::Value>(&text).expect("JSON")
+        };
+        let on_disk = commit(&mut store, json!({ "hostname": "node-2" }));
+        assert_eq!(on_disk["hostname"], json!("node-2"));
+        assert_eq!(on_disk["schema"], json!(2), "the newer schema stays");
+        assert_eq!(on_disk["fleet"], json!({ "group": "edge" }));
+        assert_eq!(on_disk["api"]["rate_limit"], json!(50));
+        assert_eq!(on_disk["api"]["token_sha256"], json!(hash.as_str()));
+        assert_eq!(on_disk["containers"]["web"]["gpu"], json!("any"));
+        assert_eq!(on_disk["network"]["addresses"], json!(["10.0.2.15/24"]));
+
+        // The container removed: its unknown field goes with it.
+        let on_disk = commit(&mut store, json!({ "containers": { "web": null } }));
+        assert_eq!(on_disk["containers"], json!({}));
+        assert_eq!(on_disk["fleet"], json!({ "group": "edge" }));
+        assert_eq!(on_disk["api"]["rate_limit"], json!(50));
         std::fs::remove_dir_all(&d).ok();
     }
 

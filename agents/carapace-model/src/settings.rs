@@ -9,10 +9,14 @@
 //!   "ntp": { "servers": ["time.example.org"] },
 //!   "sysctl": { "net.ipv4.ip_forward": "1" },
 //!   "api": { "token_sha256": "…" },
-//!   "updates": { "source": "https://updates.example.org/carapace/" },
+//!   "updates": { "source": "https://updates.example.org/carapace/",
+//!                "ca": "-----BEGIN CERTIFICATE-----\nMIIBmj…\n-----END CERTIFICATE-----\n" },
 //!   "containers": { "web": { "image": "nginx:1.27", "restart": "on-failure:5" } },
 //!   "registries": { "registry.example.org:5000": { "insecure": true } } }
 //! ```
+//!
+//! The settings file adds a `schema` number and keeps fields this version
+//! does not know; see [`crate::settings_file`].
 //!
 //! Registry passwords are the one secret kept as given (the container agent
 //! presents them); [`Settings::to_value`], the view the API serves, leaves
@@ -20,6 +24,8 @@
 
 use crate::containers::{Container, ContainerName, Registry, RegistryHost};
 use crate::error::SettingsError;
+use crate::settings_file::{Preserved, UnknownField};
+use rustls_pki_types::pem::{PemObject, SectionKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -49,6 +55,11 @@ pub struct Settings {
     /// How to reach image registries, by `host[:port]`.
     #[serde(default)]
     pub registries: BTreeMap<RegistryHost, Registry>,
+    /// What the settings file held that this version does not know, kept to
+    /// be written back (see [`crate::settings_file`]). Never served, never
+    /// patched; empty for settings that did not come from the file.
+    #[serde(skip)]
+    pub(crate) preserved: Preserved,
 }
 
 /// The parts of the tree that are applied separately.
@@ -65,18 +76,36 @@ pub enum Area {
 }
 
 impl Settings {
-    /// Builds settings from a JSON value, refusing any bad field with its path.
+    /// Builds settings from a JSON value, refusing any bad field with its
+    /// path, an unknown one included: what the API and user data give. The
+    /// settings file is read leniently instead ([`crate::settings_file`]).
     pub fn from_value(value: serde_json::Value) -> Result<Settings, SettingsError> {
-        let settings: Settings = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            SettingsError::new(path, e.into_inner().to_string())
-        })?;
+        let settings = Settings::from_tree(&value).map_err(path_error)?;
         settings.check_across_fields()?;
         Ok(settings)
     }
 
-    fn check_across_fields(&self) -> Result<(), SettingsError> {
+    /// The tree deserialized field by field, before the checks across
+    /// fields; the error keeps the path as serde saw it.
+    pub(crate) fn from_tree(value: &serde_json::Value) -> Result<Settings, PathError> {
+        serde_path_to_error::deserialize(value)
+    }
+
+    /// The unknown fields the settings file held, which a save writes back
+    /// (see [`crate::settings_file`]); empty for settings that did not come
+    /// from the file.
+    pub fn unknown_fields(&self) -> &[UnknownField] {
+        self.preserved.fields()
+    }
+
+    /// The schema number a save writes: this version's
+    /// ([`crate::settings_file::SCHEMA`]), or the newer one of the file the
+    /// settings were read from.
+    pub fn file_schema(&self) -> u32 {
+        self.preserved.schema()
+    }
+
+    pub(crate) fn check_across_fields(&self) -> Result<(), SettingsError> {
         if !self.network.dhcp && self.network.addresses.is_empty() {
             return Err(SettingsError::new(
                 "network.addresses",
@@ -155,6 +184,16 @@ impl Settings {
         }
         out
     }
+}
+
+/// A deserialization error with the path of the field at fault.
+pub(crate) type PathError = serde_path_to_error::Error<serde_json::Error>;
+
+/// The model's error for a field refused while deserializing.
+pub(crate) fn path_error(e: PathError) -> SettingsError {
+    let path = e.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    SettingsError::new(path, e.into_inner().to_string())
 }
 
 macro_rules! string_type {
@@ -388,6 +427,95 @@ string_type!(UpdateSource, check_update_source);
 pub struct Updates {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<UpdateSource>,
+    /// CA certificates to trust for an `https://` source besides the
+    /// built-in Mozilla roots (a private update server's own CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaCertificates>,
+}
+
+/// The longest `updates.ca` text: 256 KiB, room for a whole CA bundle.
+pub const MAX_CA_TEXT: usize = 256 * 1024;
+
+/// CA certificates as PEM text, kept as given: one or more
+/// `-----BEGIN CERTIFICATE-----` blocks whose base64 decodes to a DER
+/// SEQUENCE. Text between the blocks (a bundle's comments) is ignored; a
+/// block of any other kind (a private key above all) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CaCertificates(String);
+
+impl CaCertificates {
+    /// The certificates, DER, in the order given.
+    pub fn der(&self) -> Vec<Vec<u8>> {
+        ca_certificates(&self.0).unwrap_or_default()
+    }
+}
+
+fn check_ca_certificates(s: &str) -> Result<(), String> {
+    ca_certificates(s).map(|_| ())
+}
+string_type!(CaCertificates, check_ca_certificates);
+
+fn ca_certificates(s: &str) -> Result<Vec<Vec<u8>>, String> {
+    if s.len() > MAX_CA_TEXT {
+        return Err(format!(
+            "{} bytes of PEM exceed the limit of {MAX_CA_TEXT}",
+            s.len()
+        ));
+    }
+    let mut certificates = Vec::new();
+    for (n, block) in
+        <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(s.as_bytes()).enumerate()
+    {
+        let n = n + 1;
+        let (kind, der) = block.map_err(|e| format!("PEM block {n}: {e}"))?;
+        if kind != SectionKind::Certificate {
+            return Err(format!(
+                "PEM block {n} is a {kind:?}, not a CERTIFICATE (only CA certificates belong here)"
+            ));
+        }
+        check_der_sequence(&der).map_err(|why| format!("PEM block {n}: {why}"))?;
+        certificates.push(der);
+    }
+    // The PEM reader skips blocks of a kind it does not know: count them
+    // (a BEGIN line, as for the reader, starts at the start of its line).
+    let begins = s.lines().filter(|l| l.starts_with("-----BEGIN ")).count();
+    if certificates.is_empty() {
+        Err("not PEM text of CA certificates (no -----BEGIN CERTIFICATE----- block)".into())
+    } else if begins != certificates.len() {
+        Err(format!(
+            "{} of {begins} PEM blocks are not CERTIFICATE blocks",
+            begins - certificates.len()
+        ))
+    } else {
+        Ok(certificates)
+    }
+}
+
+/// Checks that `der` is one DER SEQUENCE (what an X.509 certificate is) and
+/// nothing after it: enough to tell a certificate from base64 of anything.
+fn check_der_sequence(der: &[u8]) -> Result<(), String> {
+    let not = |why: &str| Err(format!("not a DER certificate ({why})"));
+    let [0x30, first, rest @ ..] = der else {
+        return not("no SEQUENCE");
+    };
+    let (length, content) = if first & 0x80 == 0 {
+        (usize::from(*first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return not("bad length");
+        }
+        let length = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (length, &rest[n..])
+    };
+    if length == content.len() {
+        Ok(())
+    } else {
+        not("its length does not match")
+    }
 }
 
 #[cfg(test)]
@@ -491,6 +619,72 @@ mod tests {
         assert_eq!(e.path, "sysctl.kernel.modules_disabled");
         let e = err(json!({ "sysctl": { "vm.swappiness": "101" } }));
         assert_eq!(e.path, "sysctl.vm.swappiness");
+    }
+
+    /// A self-signed EC certificate (openssl req -x509, CN "Carapace Test Update CA").
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBmjCCAUGgAwIBAgIUP78iz8XWUk809oLAC3kuHDHwrzcwCgYIKoZIzj0EAwIw
+IjEgMB4GA1UEAwwXQ2FyYXBhY2UgVGVzdCBVcGRhdGUgQ0EwIBcNMjYxMjAyMDEx
+MTQ5WhgPMjEyNjExMDgwMTExNDlaMCIxIDAeBgNVBAMMF0NhcmFwYWNlIFRlc3Qg
+VXBkYXRlIENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEY22J8ztHflvcO6Y7
+LEORmtOIdFoQTf1Xyhrxoypv4x0ixmqeRJw8yVN3zedaHQpyARX0yFDRpRq1SrCp
+5H8nSKNTMFEwHQYDVR0OBBYEFOeRcapwn0+dQBVZ0r2A49aGm8JeMB8GA1UdIwQY
+MBaAFOeRcapwn0+dQBVZ0r2A49aGm8JeMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI
+zj0EAwIDRwAwRAIgYNbc8n0ngjL+Q/Pjc6XIcqab5wTDItSbaIwRxohNsvYCIHcx
+rawXA/G634PBMkoVfSz5WyiAzGWseraMHMBoQ7cZ
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn an_https_update_source_may_bring_its_own_ca() {
+        let bundle = format!("# Carapace test CA\n{TEST_CA}\n# the same again\n{TEST_CA}");
+        let s = Settings::from_value(json!({
+            "updates": { "source": "https://updates.internal:8443/carapace/", "ca": bundle }
+        }))
+        .expect("valid");
+        let ca = s.updates.ca.as_ref().expect("ca kept");
+        assert_eq!(ca.as_str(), bundle, "kept as given");
+        let der = ca.der();
+        assert_eq!(der.len(), 2);
+        assert_eq!(der[0].len(), 414);
+        assert_eq!(der[0].first(), Some(&0x30));
+        assert_eq!(s.get("updates.ca"), Some(json!(bundle)));
+        assert_eq!(
+            s.updates.source.as_ref().map(UpdateSource::as_str),
+            Some("https://updates.internal:8443/carapace/")
+        );
+    }
+
+    #[test]
+    fn an_update_ca_that_is_not_pem_certificates_is_refused() {
+        let ca_err = |ca: &str| err(json!({ "updates": { "ca": ca } }));
+        for garbage in [
+            "",
+            "hello",
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        ] {
+            let e = ca_err(garbage);
+            assert_eq!(e.path, "updates.ca", "{garbage:?}: {e}");
+        }
+        // Base64 of something that is not a certificate.
+        let e =
+            ca_err("-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n");
+        assert!(e.message.contains("not a DER certificate"), "{e}");
+        // A certificate cut short.
+        let e = ca_err(&TEST_CA.replace("-----END CERTIFICATE-----\n", ""));
+        assert_eq!(e.path, "updates.ca");
+        // A private key is never a CA.
+        let key =
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+        let e = ca_err(&format!("{TEST_CA}{key}"));
+        assert!(e.message.contains("not a CERTIFICATE"), "{e}");
+        // Nor is a block of a kind the PEM reader skips.
+        let e = ca_err(&format!(
+            "{TEST_CA}-----BEGIN FOO-----\nAAAA\n-----END FOO-----\n"
+        ));
+        assert!(e.message.contains("not CERTIFICATE blocks"), "{e}");
+        let e = ca_err(&"x".repeat(MAX_CA_TEXT + 1));
+        assert!(e.message.contains("exceed"), "{e}");
     }
 
     #[test]

@@ -101,7 +101,11 @@ impl Store {
         let base = self.pending.as_ref().unwrap_or(&self.committed);
         let mut tree = base.to_value_with_secrets();
         merge_patch(&mut tree, &patch);
-        let staged = Settings::from_value(tree)?;
+        let mut staged = Settings::from_value(tree)?;
+        // What the settings file held that this version does not know stays
+        // only where its place survived the change (a removed container
+        // takes its unknown fields with it, for good).
+        staged.preserved = base.preserved.kept_in(&staged.to_value_with_secrets());
         Ok(self.pending.insert(staged))
     }
 
