@@ -1,19 +1,24 @@
 //! The GUID partition table, parsed from bytes: the primary header at LBA 1
 //! (signature, CRC32, geometry), the partition entry array (its own CRC32),
-//! and lookups by partition UUID and by type — how stage 1 finds the
-//! partitions that `roothash=` names.
+//! the backup copy at the end of the disk, and lookups by partition UUID and
+//! by type — how stage 1 finds the partitions that `roothash=` names.
 //!
-//! Pure: nothing here opens a device except [`read`], which only reads the
-//! bytes the header points at from any `Read + Seek`. GUIDs are kept in
-//! canonical order (the order they are printed in, RFC 4122), converted from
-//! the mixed-endian form the GPT stores. Only the primary header is read: a
-//! disk whose primary table is damaged is refused, not repaired from the
-//! backup, because a root disk that does not match what was built is no disk
-//! to boot from.
+//! Pure: nothing here opens a device; the readers and writers take any
+//! `Read + Seek` (`+ Write`) and touch only the sectors the headers point at.
+//! GUIDs are kept in canonical order (the order they are printed in, RFC
+//! 4122), converted from the mixed-endian form the GPT stores.
 //!
-//! The one writer is [`set_partition_identity`], for the update daemon: it
-//! checks both copies of the table and changes one entry's partition UUID
-//! and name in each, backup first.
+//! Readers: [`read`] reads only the primary copy. [`read_with_fallback`]
+//! (stage 1) reads the backup when the primary fails its checks (a torn
+//! write, a zeroed header) and says which copy it used. Trusting the backup
+//! is no weaker than trusting the primary: every partition either leads to
+//! is verified against `roothash=` anyway, and the kernel falls back the
+//! same way.
+//!
+//! Writers, for the update daemon: [`set_partition_identity`] checks both
+//! copies of the table and changes one entry's partition UUID and name in
+//! each, backup first; [`restore_primary`] rewrites a damaged primary copy
+//! from a good backup.
 
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -140,7 +145,7 @@ impl Partition {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum GptError {
     #[error("sector size {0} is not one of 512 or 4096")]
     SectorSize(usize),
@@ -183,6 +188,14 @@ pub enum GptError {
         offset: u64,
         len: usize,
         reason: String,
+    },
+    #[error("GPT header at LBA {lba} says it sits at LBA {says}")]
+    Misplaced { lba: u64, says: u64 },
+    #[error("{primary}; the backup GPT at LBA {backup_lba} is no better: {backup}")]
+    BothCopies {
+        primary: Box<GptError>,
+        backup_lba: u64,
+        backup: Box<GptError>,
     },
 }
 
@@ -553,12 +566,14 @@ fn write_at<W: Write + Seek>(dev: &mut W, offset: u64, bytes: &[u8]) -> Result<(
     dev.flush().map_err(fail)
 }
 
-/// One copy of the table as read: header sector, header, entry array.
+/// One copy of the table as read: header sector, header, entry array, and
+/// the partitions it holds.
 struct TableCopy {
     lba: u64,
     sector: Vec<u8>,
     header: Header,
     entries: Vec<u8>,
+    partitions: Vec<Partition>,
 }
 
 impl TableCopy {
@@ -573,12 +588,13 @@ impl TableCopy {
         let (offset, len) = header.entries_span();
         let entries = read_at(disk, offset, len)?;
         // Checks the array's CRC and every used entry's extent.
-        header.partitions(&entries)?;
+        let partitions = header.partitions(&entries)?;
         Ok(TableCopy {
             lba,
             sector,
             header,
             entries,
+            partitions,
         })
     }
 
@@ -620,8 +636,8 @@ impl TableCopy {
 /// missing or unused entry, and a table that is not sound: either header
 /// or entry array corrupt (bad CRC, inconsistent fields), the two headers
 /// disagreeing, or the two arrays differing. Such a disk is not repaired
-/// from its good half here: that is a decision for a person, not for an
-/// update.
+/// from its good half here: [`restore_primary`] does that for a damaged
+/// primary, as a step of its own.
 ///
 /// Order of the writes: the backup copy first (its entry, then its header),
 /// then the primary copy (entry, header), each write followed by `flush`.
@@ -636,9 +652,9 @@ impl TableCopy {
 ///   before the primary leaves two valid tables, the old one first, and
 ///   the call can simply be repeated. Only a cut in the middle of the
 ///   primary's two small writes leaves a corrupt primary; the backup then
-///   holds the complete new table for the kernel, and for restoring the
-///   primary (our stage 1, which reads only the primary, refuses the disk
-///   until then rather than guess).
+///   holds the complete new table, which the kernel and our stage 1
+///   ([`read_with_fallback`]) read instead, and from which
+///   [`restore_primary`] rewrites the primary.
 /// - `flush` is the barrier between the steps only if it reaches the
 ///   device: on a `std::fs::File` it does nothing, so open the disk with
 ///   `O_DSYNC` (`OpenOptionsExt::custom_flags`) for the order to hold
@@ -736,6 +752,233 @@ pub fn set_partition_identity<D: Read + Write + Seek>(
     };
     check(TableCopy::read(disk, ss, 1), "primary")?;
     check(TableCopy::read(disk, ss, backup_lba), "backup")
+}
+
+// ---------------------------------------------------------------------------
+// The backup copy: reading it when the primary is damaged, and restoring the
+// primary from it.
+
+/// Which copy of the GPT a table was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableSource {
+    /// The primary copy (header at LBA 1): all is well.
+    Primary,
+    /// The backup copy, whose header is at `lba`, because the primary failed
+    /// its checks with `primary_error`.
+    Backup { lba: u64, primary_error: GptError },
+}
+
+/// A partition table as [`read_with_fallback`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// The header of the copy that was read. A backup's header has
+    /// `alternate_lba` 1 and its entry array after the usable area.
+    pub header: Header,
+    pub partitions: Vec<Partition>,
+    pub source: TableSource,
+}
+
+/// The LBA of the last sector of `disk`, where the backup header belongs;
+/// None if the disk's end cannot be found or it is too small for one.
+fn last_lba<D: Seek>(disk: &mut D, sector_size: usize) -> Option<u64> {
+    let len = disk.seek(SeekFrom::End(0)).ok()?;
+    (len / sector_size as u64)
+        .checked_sub(1)
+        .filter(|&lba| lba > 1)
+}
+
+/// The copy of the table to use, and which it is: the primary if it passes
+/// every check of [`read`], else the backup (at the primary header's
+/// alternate LBA if that header itself is sound, else at the last LBA).
+fn good_copy<D: Read + Seek>(
+    disk: &mut D,
+    sector_size: usize,
+) -> Result<(Table, Option<TableCopy>), GptError> {
+    if sector_size != 512 && sector_size != 4096 {
+        return Err(GptError::SectorSize(sector_size));
+    }
+    let header = read_at(disk, 0, 2 * sector_size).and_then(|h| Header::parse(&h, sector_size));
+    let primary = header.clone().and_then(|header| {
+        let (offset, len) = header.entries_span();
+        let entries = read_at(disk, offset, len)?;
+        let partitions = header.partitions(&entries)?;
+        Ok((header, partitions))
+    });
+    let primary_error = match primary {
+        Ok((header, partitions)) => {
+            let source = TableSource::Primary;
+            return Ok((
+                Table {
+                    header,
+                    partitions,
+                    source,
+                },
+                None,
+            ));
+        }
+        Err(e) => e,
+    };
+    let backup_lba = match &header {
+        Ok(h) if h.alternate_lba > h.last_usable_lba => h.alternate_lba,
+        _ => match last_lba(disk, sector_size) {
+            Some(lba) => lba,
+            // No end apart from the start: the primary's error says enough.
+            None => return Err(primary_error),
+        },
+    };
+    match TableCopy::read(disk, sector_size, backup_lba) {
+        Ok(copy) => Ok((
+            Table {
+                header: copy.header.clone(),
+                partitions: copy.partitions.clone(),
+                source: TableSource::Backup {
+                    lba: backup_lba,
+                    primary_error,
+                },
+            },
+            Some(copy),
+        )),
+        // Neither copy has a signature: no GPT at all, as `read` says.
+        Err(GptError::NoSignature) if primary_error == GptError::NoSignature => {
+            Err(GptError::NoSignature)
+        }
+        Err(backup) => Err(GptError::BothCopies {
+            primary: Box::new(primary_error),
+            backup_lba,
+            backup: Box::new(match backup {
+                GptError::NotPrimary(says) => GptError::Misplaced {
+                    lba: backup_lba,
+                    says,
+                },
+                e => e,
+            }),
+        }),
+    }
+}
+
+/// Reads the partition table like [`read`], but when the primary copy
+/// fails its checks (a bad CRC of the header or of the entry array, a
+/// header of the wrong shape or none at all, an unreadable sector), reads
+/// the backup copy instead: its header at the primary header's alternate
+/// LBA if that header is sound, else at the last LBA of the disk; its
+/// entry array where it says, checked by its own CRCs. Says which copy it
+/// used. When both are damaged the error names both problems; a disk with
+/// no signature in either place is [`GptError::NoSignature`], as with
+/// [`read`].
+pub fn read_with_fallback<D: Read + Seek>(
+    disk: &mut D,
+    sector_size: usize,
+) -> Result<Table, GptError> {
+    good_copy(disk, sector_size).map(|(table, _)| table)
+}
+
+/// What [`restore_primary`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// The primary copy was sound: nothing was written.
+    NotNeeded,
+    /// The primary copy was damaged (`primary_error`) and has been
+    /// rewritten from the backup.
+    FromBackup { primary_error: GptError },
+}
+
+/// Why the primary GPT was not restored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RestoreError {
+    #[error("sector size {0} is not one of 512 or 4096")]
+    SectorSize(u64),
+    #[error("no sound GPT copy to restore the primary from: {0}")]
+    NoGoodCopy(GptError),
+    #[error("the backup GPT's entry array ({sectors} sectors) does not fit between LBA 2 and its first usable LBA {first_usable}")]
+    NoRoom { sectors: u64, first_usable: u64 },
+    #[error("cannot write {len} bytes at offset {offset}: {reason}")]
+    Write {
+        offset: u64,
+        len: usize,
+        reason: String,
+    },
+    #[error("the primary GPT read back after restoring it is not the backup's table: {0}")]
+    ReadBack(String),
+}
+
+/// The primary header that goes with `backup`: the backup's header sector
+/// with its own LBA and the alternate LBA swapped back (1 and the backup's
+/// LBA), the entry array at LBA 2, and both CRCs recomputed.
+fn primary_sector_from(backup: &TableCopy) -> Vec<u8> {
+    let mut sector = backup.sector.clone();
+    let size = le32(&sector, 12) as usize;
+    sector[24..32].copy_from_slice(&1u64.to_le_bytes());
+    sector[32..40].copy_from_slice(&backup.lba.to_le_bytes());
+    sector[72..80].copy_from_slice(&2u64.to_le_bytes());
+    sector[88..92].copy_from_slice(&crc32(&backup.entries).to_le_bytes());
+    sector[16..20].fill(0);
+    let crc = crc32(&sector[..size]);
+    sector[16..20].copy_from_slice(&crc.to_le_bytes());
+    sector
+}
+
+/// Restores a damaged primary GPT of `disk` (logical sectors of
+/// `sector_size` bytes, 512 or 4096) from its backup, for the update
+/// daemon after stage 1 had to boot from the backup. Does nothing when the
+/// primary is sound ([`Restored::NotNeeded`]); refuses when the backup is
+/// damaged too. Everything else than the primary copy is left as it is
+/// (the protective MBR at LBA 0 included).
+///
+/// Writes the backup's entry array to LBA 2 (the primary's place for it),
+/// then the primary header built from the backup's ([`TableSource`] says
+/// where it is) with its own and the alternate LBA swapped back and both
+/// CRCs recomputed; each write is followed by `flush`. The header comes
+/// last, so a power cut between the two leaves a primary that still fails
+/// its CRC (and a backup that still reads): the call can be repeated. As
+/// with [`set_partition_identity`], `flush` is a barrier only on a disk
+/// opened with `O_DSYNC`. Afterwards the primary is read back with [`read`]
+/// and must give the backup's partitions.
+pub fn restore_primary<D: Read + Write + Seek>(
+    disk: &mut D,
+    sector_size: u64,
+) -> Result<Restored, RestoreError> {
+    let ss = match sector_size {
+        512 => 512usize,
+        4096 => 4096usize,
+        _ => return Err(RestoreError::SectorSize(sector_size)),
+    };
+    let (table, backup) = good_copy(disk, ss).map_err(RestoreError::NoGoodCopy)?;
+    let (TableSource::Backup { primary_error, .. }, Some(backup)) = (table.source, backup) else {
+        return Ok(Restored::NotNeeded);
+    };
+    let (_, len) = backup.header.entries_span();
+    let sectors = (len as u64).div_ceil(ss as u64);
+    if 2 + sectors > backup.header.first_usable_lba {
+        return Err(RestoreError::NoRoom {
+            sectors,
+            first_usable: backup.header.first_usable_lba,
+        });
+    }
+    let sector = primary_sector_from(&backup);
+    let write = |disk: &mut D, offset: u64, bytes: &[u8]| {
+        write_at(disk, offset, bytes).map_err(|e| match e {
+            IdentityError::Write {
+                offset,
+                len,
+                reason,
+            } => RestoreError::Write {
+                offset,
+                len,
+                reason,
+            },
+            other => RestoreError::ReadBack(other.to_string()),
+        })
+    };
+    write(disk, 2 * ss as u64, &backup.entries)?;
+    write(disk, ss as u64, &sector)?;
+
+    let (header, read_back) = read(disk, ss).map_err(|e| RestoreError::ReadBack(e.to_string()))?;
+    if read_back != table.partitions || header.alternate_lba != backup.lba {
+        return Err(RestoreError::ReadBack(
+            "its partitions or its backup's place differ".into(),
+        ));
+    }
+    Ok(Restored::FromBackup { primary_error })
 }
 
 #[cfg(test)]
@@ -1019,7 +1262,8 @@ pub(crate) mod tests {
     }
 }
 
-/// [`set_partition_identity`] against disks that sfdisk made and checks.
+/// The writers, [`set_partition_identity`] and [`restore_primary`], and
+/// [`read_with_fallback`], against disks that sfdisk made and checks.
 #[cfg(test)]
 mod identity_tests {
     use super::*;
@@ -1444,8 +1688,7 @@ type=4D21B016-B534-45C2-A9FB-5C16E091FD2D, uuid=11111111-2222-4333-8444-55555555
     /// A disk with 4096-byte sectors (sfdisk cannot make one in a plain
     /// file): the systemd-repart fixture's table, completed with the
     /// backup copy at the end of a sparse file.
-    #[test]
-    fn works_with_4096_byte_sectors() {
+    fn disk_4096() -> (TempFile, std::fs::File) {
         let header = Header::parse(DISK_4096_HEAD, 4096).expect("header");
         let file = TempFile::new("disk4k");
         let size = (header.alternate_lba + 1) * 4096;
@@ -1474,7 +1717,12 @@ type=4D21B016-B534-45C2-A9FB-5C16E091FD2D, uuid=11111111-2222-4333-8444-55555555
         ] {
             write_at(&mut image, at, bytes).expect("write");
         }
+        (file, image)
+    }
 
+    #[test]
+    fn works_with_4096_byte_sectors() {
+        let (file, mut image) = disk_4096();
         let guid = Guid([0x5a; 16]);
         set_partition_identity(&mut image, 4096, 3, guid, "root-b-verity").expect("set");
         let after = std::fs::read(&file.0).expect("read");
@@ -1490,6 +1738,197 @@ type=4D21B016-B534-45C2-A9FB-5C16E091FD2D, uuid=11111111-2222-4333-8444-55555555
             set_partition_identity(&mut dev, 512, 3, guid, "x"),
             Err(IdentityError::Primary(GptError::NoSignature))
         );
+    }
+
+    /// Tears the primary copy of a good disk file with `tear`, checks that
+    /// [`read_with_fallback`] reads the backup instead (and why), restores
+    /// the primary, and checks that the disk is again byte for byte the
+    /// good one, which plain [`read`] reads.
+    fn torn_then_restored(
+        file: &Path,
+        ss: usize,
+        tear: impl Fn(&mut Vec<u8>),
+        why: impl Fn(&GptError) -> bool,
+        what: &str,
+    ) {
+        let good = std::fs::read(file).expect("read");
+        let (good_header, good_parts) = read(&mut Cursor::new(&good), ss).expect("good disk");
+        let mut torn = good.clone();
+        tear(&mut torn);
+        std::fs::write(file, &torn).expect("write");
+        assert!(read(&mut Cursor::new(&torn), ss).is_err(), "{what}: torn");
+
+        let mut disk = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(file)
+            .expect("open");
+        let table = read_with_fallback(&mut disk, ss).expect(what);
+        assert_eq!(table.partitions, good_parts, "{what}: the backup's table");
+        assert_eq!(table.header.alternate_lba, 1, "{what}: a backup header");
+        let TableSource::Backup { lba, primary_error } = &table.source else {
+            panic!("{what}: read {:?}", table.source);
+        };
+        assert_eq!(*lba, good_header.alternate_lba, "{what}");
+        assert!(why(primary_error), "{what}: {primary_error}");
+
+        let restored = restore_primary(&mut disk, ss as u64).expect(what);
+        assert_eq!(
+            restored,
+            Restored::FromBackup {
+                primary_error: primary_error.clone()
+            },
+            "{what}"
+        );
+        drop(disk);
+        let after = std::fs::read(file).expect("read");
+        assert!(after == good, "{what}: the disk is what it was");
+        let (header, parts) = read(&mut Cursor::new(&after), ss).expect(what);
+        assert_eq!((header, parts), (good_header, good_parts), "{what}");
+        let table = read_with_fallback(&mut Cursor::new(&after), ss).expect(what);
+        assert_eq!(table.source, TableSource::Primary, "{what}");
+    }
+
+    #[test]
+    fn a_torn_primary_is_read_from_the_backup_and_restored() {
+        let disk = make_disk();
+        let good = std::fs::read(&disk.0).expect("read");
+        type Tear = fn(&mut Vec<u8>);
+        type Why = fn(&GptError) -> bool;
+        let cases: [(Tear, Why, &str); 5] = [
+            (
+                |d| d[1024 + 128 + 60] ^= 0x01,
+                |e| matches!(e, GptError::EntriesCrc { .. }),
+                "entries CRC wrong",
+            ),
+            (
+                // A write of the array cut after its first sector.
+                |d| d[1024 + 512..1024 + 1024].fill(0xff),
+                |e| matches!(e, GptError::EntriesCrc { .. }),
+                "entries half written",
+            ),
+            (
+                |d| d[512..1024].fill(0),
+                |e| *e == GptError::NoSignature,
+                "header zeroed",
+            ),
+            (
+                |d| d[512 + 40] ^= 0x01,
+                |e| matches!(e, GptError::HeaderCrc { .. }),
+                "header CRC wrong",
+            ),
+            (
+                |d| d[512..1024 + 128 * 128].fill(0),
+                |e| *e == GptError::NoSignature,
+                "header and entries zeroed",
+            ),
+        ];
+        for (tear, why, what) in cases {
+            std::fs::write(&disk.0, &good).expect("write");
+            torn_then_restored(&disk.0, 512, tear, why, what);
+            sfdisk_verifies(&disk.0);
+        }
+    }
+
+    #[test]
+    fn a_torn_primary_with_4096_byte_sectors_is_restored() {
+        let (file, image) = disk_4096();
+        drop(image);
+        torn_then_restored(
+            &file.0,
+            4096,
+            |d| d[2 * 4096 + 3 * 128 + 20] ^= 0x80,
+            |e| matches!(e, GptError::EntriesCrc { .. }),
+            "4096: entries CRC wrong",
+        );
+        torn_then_restored(
+            &file.0,
+            4096,
+            |d| d[4096..8192].fill(0),
+            |e| *e == GptError::NoSignature,
+            "4096: header zeroed",
+        );
+    }
+
+    #[test]
+    fn a_sound_primary_is_read_and_never_rewritten() {
+        let disk = make_disk();
+        let good = std::fs::read(&disk.0).expect("read");
+        let mut dev = Cursor::new(good.clone());
+        let table = read_with_fallback(&mut dev, 512).expect("read");
+        assert_eq!(table.source, TableSource::Primary);
+        assert_eq!(Ok((table.header, table.partitions)), read(&mut dev, 512));
+        assert_eq!(restore_primary(&mut dev, 512), Ok(Restored::NotNeeded));
+        assert!(dev.into_inner() == good, "nothing may be written");
+        assert_eq!(
+            restore_primary(&mut Cursor::new(good.clone()), 1024),
+            Err(RestoreError::SectorSize(1024))
+        );
+    }
+
+    #[test]
+    fn both_copies_damaged_is_refused_naming_both_and_nothing_is_written() {
+        let disk = make_disk();
+        let mut bad = std::fs::read(&disk.0).expect("read");
+        let last = bad.len() / 512 - 1;
+        bad[1024 + 128 + 60] ^= 0x01; // primary entries
+        bad[last * 512 + 60] ^= 0x01; // backup header
+        let mut dev = Cursor::new(bad.clone());
+        let err = read_with_fallback(&mut dev, 512).expect_err("both bad");
+        assert!(
+            matches!(
+                &err,
+                GptError::BothCopies { primary, backup_lba, backup }
+                    if matches!(**primary, GptError::EntriesCrc { .. })
+                        && *backup_lba == last as u64
+                        && matches!(**backup, GptError::HeaderCrc { .. })
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("GPT entry array is corrupt: ")
+                && msg.contains(&format!(
+                    "; the backup GPT at LBA {last} is no better: GPT header is corrupt: "
+                )),
+            "{msg}"
+        );
+        assert_eq!(
+            restore_primary(&mut dev, 512),
+            Err(RestoreError::NoGoodCopy(err))
+        );
+        assert!(dev.into_inner() == bad, "nothing may be written");
+
+        // A backup header that says it is somewhere else.
+        let mut moved = edit_header(&std::fs::read(&disk.0).expect("read"), last, |h| {
+            h[24..32].copy_from_slice(&7u64.to_le_bytes())
+        });
+        moved[512..1024].fill(0);
+        let err = read_with_fallback(&mut Cursor::new(&moved), 512).expect_err("misplaced");
+        assert!(
+            matches!(&err, GptError::BothCopies { backup, .. }
+                if **backup == GptError::Misplaced { lba: last as u64, says: 7 }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_disk_with_no_gpt_in_either_place_is_no_gpt() {
+        let blank = vec![0u8; 1 << 20];
+        assert_eq!(
+            read_with_fallback(&mut Cursor::new(&blank), 512),
+            Err(GptError::NoSignature)
+        );
+        assert!(matches!(
+            read_with_fallback(&mut Cursor::new(&blank[..600]), 512),
+            Err(GptError::Read { offset: 0, .. })
+        ));
+        let mut dev = Cursor::new(blank.clone());
+        assert_eq!(
+            restore_primary(&mut dev, 512),
+            Err(RestoreError::NoGoodCopy(GptError::NoSignature))
+        );
+        assert!(dev.into_inner() == blank);
     }
 
     const DISK_4096_HEAD: &[u8] = super::tests::DISK_4096;

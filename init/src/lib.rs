@@ -8,12 +8,16 @@
 //! machine down in order.
 //!
 //! Invariant: PID 1 never panics on bad input and never exits; every failure is
-//! reported on the console in one line, then the machine carries on or powers off.
+//! reported on the console in one line, then the machine carries on, or ends:
+//! a reboot on a trial boot that the boot loader counts (so it falls back to
+//! the previous version), a power-off otherwise.
 //! Everything that decides (parsing, choosing, restart policy) is a pure function
 //! in its own module, unit-tested on the host; the modules that touch the kernel
-//! (`dm`, `stage1`, `stage2`, `supervisor`, `shutdown`, `power`) stay thin.
+//! (`dm`, `stage1`, `stage2`, `supervisor`, `shutdown`, `power`, `watchdog`)
+//! stay thin.
 
 pub mod backoff;
+pub mod boot_counting;
 pub mod boot_file;
 pub mod clock;
 pub mod cmdline;
@@ -32,6 +36,7 @@ pub mod stage2;
 pub mod supervisor;
 pub mod verity;
 pub mod verity_tree;
+pub mod watchdog;
 
 /// Where stage 2 lives on the verified root.
 pub const STAGE2_PATH: &str = "/usr/lib/carapace/carapace-init";

@@ -16,6 +16,10 @@
 //! 4. sync, then unmount /var: `carapace: /var unmounted cleanly`; if it is
 //!    busy, remount it read-only instead and say so.
 //! 5. `carapace: power off` or `carapace: reboot`, then [`crate::power::final_action`].
+//!
+//! The event loop that pings the hardware watchdog has stopped by then:
+//! the real machine pings it whenever the sequence waits, so that a long
+//! stop timeout does not end in a watchdog reset ([`crate::watchdog::keep_alive`]).
 
 use crate::console;
 use crate::power::final_action;
@@ -178,6 +182,9 @@ impl Machine for Pid1<'_> {
     }
 
     fn sleep(&mut self, d: Duration) {
+        // The event loop no longer pings the watchdog: the shutdown does,
+        // while it waits (it is bounded by the stop timeouts).
+        crate::watchdog::keep_alive();
         std::thread::sleep(d);
     }
 

@@ -5,18 +5,30 @@
 //! it can verify against it: `roothash=` names the root partition (the
 //! first 128 bits of the hash are its partition UUID) and its verity
 //! partition (the last 128 bits); dm-verity then checks every block of the
-//! root against the hash. The sequence: mount /proc, /sys, /dev; find both
-//! partitions and the state partition by reading the GPT of every disk
-//! (waiting up to [`DISK_WAIT`] for disks to appear); read the verity
-//! superblock; create the dm-verity device; mount it (erofs, read-only) on
-//! /sysroot and the state partition (ext4) on /sysroot/var; move /dev,
-//! /proc, /sys there; free the initramfs; switch root; exec stage 2.
+//! root against the hash. The sequence: mount /proc, /sys, /dev, and
+//! efivarfs when booted by UEFI; learn from the boot loader's variables
+//! whether this boot is on trial ([`crate::power::learn_boot_counting`]);
+//! arm the hardware watchdog ([`crate::watchdog`]); find both partitions
+//! and the state partition by reading the GPT of every disk (the backup
+//! copy when the primary is damaged; waiting up to [`DISK_WAIT`] for disks
+//! to appear); read the verity superblock; create the dm-verity device;
+//! mount it (erofs, read-only) on /sysroot and the state partition (ext4)
+//! on /sysroot/var; move /dev, /proc, /sys (with efivarfs below it) there;
+//! free the initramfs; switch root; close the watchdog, still armed; exec
+//! stage 2.
 //!
 //! The deciding is pure and unit-tested ([`locate`], [`mount_plan`],
 //! [`switch_plan`], [`is_whole_disk`], [`partition_node_name`]); the rest is
 //! a thin shell of syscalls. Any failure is one `boot failed:` line saying
-//! what failed, on what, and why, then a power-off: never a shell, never a
-//! panic, never a hang.
+//! what failed, on what, and why, then a reboot if this is a trial boot the
+//! boot loader counts (so that it falls back), else a power-off (see
+//! [`crate::power::fail`]): never a shell, never a panic, never a hang.
+//!
+//! Console lines besides the failure (after `carapace: `):
+//! - `stage 1 at <ms> ms: root <uuid> on <dev> verified by <dev> as /dev/dm-N, state <dev> on /var`
+//! - `primary GPT on /dev/<disk> is damaged (<why>): using the backup`
+//! - `cannot mount efivarfs on /sys/firmware/efi/efivars: <error>: a failed boot will power off, not reboot`
+//! - the watchdog's lines ([`crate::watchdog`])
 
 use crate::cmdline::{CmdlineError, RootHash};
 use crate::gpt::{self, Guid, Partition};
@@ -84,6 +96,9 @@ pub struct Disk {
     pub sector_size: u64,
     /// Its partitions, or why they could not be read.
     pub table: Result<Vec<Partition>, String>,
+    /// Why the primary GPT failed its checks, when the table was read from
+    /// the backup copy.
+    pub damaged_primary: Option<String>,
 }
 
 /// The partitions the boot uses, all on one disk.
@@ -91,6 +106,8 @@ pub struct Disk {
 pub struct Located {
     pub disk: String,
     pub sector_size: u64,
+    /// Why the disk's primary GPT is damaged, when its backup was used.
+    pub damaged_primary: Option<String>,
     /// The root filesystem (type root-x86-64), UUID = first half of the root hash.
     pub data: Partition,
     /// Its verity hash tree (type root-x86-64-verity), UUID = second half.
@@ -219,6 +236,7 @@ pub fn locate(hash: &RootHash, disks: &[Disk]) -> Result<Located, LocateError> {
     Ok(Located {
         disk: disk.name.clone(),
         sector_size: disk.sector_size,
+        damaged_primary: disk.damaged_primary.clone(),
         data,
         hash: hash_part,
         var,
@@ -344,7 +362,14 @@ pub fn mount_plan(root_dev: &str, var_dev: &str) -> Vec<Step> {
     ]
 }
 
-/// Moves the API filesystems into the new root, frees the initramfs (after
+/// The line (after `carapace: `) for a disk whose table was read from the
+/// backup GPT because the primary is damaged (`why`).
+pub fn backup_gpt_line(disk: &str, why: &str) -> String {
+    format!("primary GPT on /dev/{disk} is damaged ({why}): using the backup")
+}
+
+/// Moves the API filesystems into the new root (each with what is mounted
+/// below it: efivarfs travels with /sys), frees the initramfs (after
 /// the moves, so that nothing mounted is left on it), makes /sysroot the
 /// root (the switch_root sequence: chdir, move it onto /, chroot into it)
 /// and execs stage 2.
@@ -479,6 +504,12 @@ pub fn run() -> ! {
 
 fn boot() -> Result<std::convert::Infallible, Stage1Error> {
     mount_api_filesystems()?;
+    if let Err(line) = mount_efivarfs() {
+        crate::console::say(&line);
+    }
+    // From here on a failure knows whether this boot is on trial.
+    crate::power::learn_boot_counting();
+    let mut watchdog = crate::watchdog::arm_for_stage1();
     let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(Stage1Error::ProcCmdline)?;
     let hash = crate::cmdline::roothash(&cmdline)?;
 
@@ -498,6 +529,9 @@ fn boot() -> Result<std::convert::Infallible, Stage1Error> {
         }
         std::thread::sleep(POLL);
     };
+    if let Some(why) = &located.damaged_primary {
+        crate::console::say(&backup_gpt_line(&located.disk, why));
+    }
     let devices = Devices {
         data: partition_device(&located.disk, located.data.number, start, deadline)?,
         hash: partition_device(&located.disk, located.hash.number, start, deadline)?,
@@ -541,6 +575,10 @@ fn boot() -> Result<std::convert::Infallible, Stage1Error> {
         std::env::set_var(key, value);
     }
     for step in switch_plan() {
+        if matches!(step, Step::Exec(_)) {
+            // Closed without the magic character: it stays armed for stage 2.
+            crate::watchdog::hand_over(watchdog.take());
+        }
         execute(&step)?;
     }
     // `Exec` only comes back with an error, and it is the last step.
@@ -572,6 +610,24 @@ fn mount_api_filesystems() -> Result<(), Stage1Error> {
     }
     let _ = std::fs::create_dir_all(crate::SYSROOT);
     Ok(())
+}
+
+/// Mounts efivarfs on /sys/firmware/efi/efivars when the kernel was booted
+/// by UEFI, so that the boot loader's variables say whether this boot is on
+/// trial. Not fatal: the error is one console line (after `carapace: `),
+/// and the boot then counts as not on trial.
+fn mount_efivarfs() -> Result<(), String> {
+    use crate::boot_counting::{EFIVARS_DIR, EFI_DIR};
+    if !Path::new(EFI_DIR).exists() {
+        return Ok(()); // Not booted by UEFI (e.g. QEMU -kernel): no variables.
+    }
+    let flags = MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV;
+    match rustix::mount::mount("efivarfs", EFIVARS_DIR, "efivarfs", flags, None) {
+        Ok(()) | Err(rustix::io::Errno::BUSY) => Ok(()),
+        Err(e) => Err(format!(
+            "cannot mount efivarfs on {EFIVARS_DIR}: {e}: a failed boot will power off, not reboot"
+        )),
+    }
 }
 
 /// Makes sure a block device node exists (devtmpfs normally creates it).
@@ -611,7 +667,7 @@ fn read_disk(name: &str) -> Disk {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(512);
     let node = format!("/dev/{name}");
-    let table = (|| -> Result<Vec<Partition>, String> {
+    let table = (|| -> Result<gpt::Table, String> {
         if !Path::new(&node).exists() {
             let (major, minor) = read_sysfs(&format!("/sys/block/{name}/dev"))
                 .as_deref()
@@ -620,14 +676,22 @@ fn read_disk(name: &str) -> Disk {
             ensure_node(&node, major, minor).map_err(|e| e.to_string())?;
         }
         let mut file = std::fs::File::open(&node).map_err(|e| format!("cannot open: {e}"))?;
-        gpt::read(&mut file, sector_size as usize)
-            .map(|(_, parts)| parts)
-            .map_err(|e| e.to_string())
+        gpt::read_with_fallback(&mut file, sector_size as usize).map_err(|e| e.to_string())
     })();
+    let (table, damaged_primary) = match table {
+        Ok(gpt::Table {
+            partitions,
+            source: gpt::TableSource::Backup { primary_error, .. },
+            ..
+        }) => (Ok(partitions), Some(primary_error.to_string())),
+        Ok(table) => (Ok(table.partitions), None),
+        Err(e) => (Err(e), None),
+    };
     Disk {
         name: name.into(),
         sector_size,
         table,
+        damaged_primary,
     }
 }
 
@@ -785,6 +849,7 @@ mod tests {
             name: name.into(),
             sector_size,
             table: gpt::parse(bytes, sector_size as usize).map_err(|e| e.to_string()),
+            damaged_primary: None,
         }
     }
 
@@ -815,6 +880,22 @@ mod tests {
         assert_eq!(located.bytes(&located.data), 8 << 20);
         assert_eq!(located.bytes(&located.hash), 1 << 20);
         assert_eq!(located.slot, 'a');
+    }
+
+    #[test]
+    fn a_root_disk_read_from_its_backup_gpt_says_so_in_one_line() {
+        let mut disks = machine();
+        let why = gpt::GptError::NoSignature.to_string();
+        disks[1].damaged_primary = Some(why.clone());
+        let located = locate(&root_hash(ROOT_HASH_512), &disks).expect("located");
+        assert_eq!(located.damaged_primary.as_deref(), Some(why.as_str()));
+        assert_eq!(
+            backup_gpt_line(&located.disk, &why),
+            "primary GPT on /dev/vda is damaged (no GPT: no \"EFI PART\" signature at LBA 1): \
+             using the backup"
+        );
+        let clean = locate(&root_hash(ROOT_HASH_512), &machine()).expect("located");
+        assert_eq!(clean.damaged_primary, None);
     }
 
     #[test]

@@ -4,19 +4,33 @@
 //! host, brings up loopback, starts the services of the manifest, prints
 //! `carapace: ready …`, reaps every child, and shuts down in order when asked.
 //!
-//! Nothing here may stop the boot: a mount, the hostname, loopback or the
-//! manifest failing is reported in one console line and the node carries on
-//! (with no services, if the manifest is broken), so that it stays reachable.
-//! Only a tokio runtime that cannot be built at all powers the machine off.
+//! Early, it learns from the boot loader's variables (efivarfs, mounted by
+//! stage 1 and moved here with /sys) whether this boot is a counted trial
+//! ([`crate::power::learn_boot_counting`]), and opens the hardware watchdog
+//! again, which a task of the event loop pings ([`crate::watchdog`]).
+//!
+//! Nothing here may stop a blessed boot: a mount, the hostname, loopback or
+//! the manifest failing is reported in one console line and the node
+//! carries on (with no services, if the manifest is broken), so that it
+//! stays reachable. On a trial boot a broken or unreadable manifest is
+//! fatal instead ([`crate::power::fail`], which reboots so that the boot
+//! loader counts the try): without services nothing would ever bless the
+//! new version or reboot to fall back. A tokio runtime that cannot be built
+//! at all is fatal on any boot.
 //!
 //! Console lines, in order:
 //! - `carapace: stage 2 at <ms> ms` (the first line of stage 2)
+//! - the watchdog's line (`carapace: watchdog <dev> armed, timeout <n> s,
+//!   pinged every <s> s`, or why there is none)
 //! - only on trouble: `carapace: cannot mount <fstype> on <target>: <error>`,
 //!   `carapace: <target> is already mounted: leaving it`,
 //!   `carapace: cannot set the hostname <name>: <error>`,
 //!   `carapace: cannot bring up lo: <error>`,
 //!   `carapace: cannot read /usr/lib/carapace/services.toml: <error>: starting no services`,
 //!   `carapace: /usr/lib/carapace/services.toml: <error>: starting no services`
+//!   (on a trial boot these two are `carapace: boot failed: …: without
+//!   services this trial boot can never be blessed`, then the reboot or
+//!   power-off line of [`crate::power::fail`])
 //! - `carapace: ready version=<version> roothash=<hex> at <ms> ms`, once, when
 //!   every service has been spawned
 //!
@@ -214,6 +228,47 @@ pub fn roothash_of(cmdline: Option<&str>) -> String {
         .unwrap_or_else(|| "none".into())
 }
 
+/// What is wrong with the manifest, in words: the read error names the
+/// path itself, a parse or validation error does not.
+pub fn manifest_problem(e: &ManifestError) -> String {
+    match e {
+        ManifestError::Read { .. } => e.to_string(),
+        _ => format!("{}: {e}", crate::MANIFEST_PATH),
+    }
+}
+
+/// What stage 2 does about a manifest it cannot use: on a blessed boot,
+/// start no services and stay reachable; on a trial boot, fail, so that the
+/// try is counted (nothing else would bless the version or reboot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestFallback {
+    /// `carapace: <line>`, then no services.
+    StartNothing(String),
+    /// `carapace: boot failed: <line>`.
+    Fail(String),
+}
+
+/// Decides [`ManifestFallback`] for `problem` (from [`manifest_problem`]).
+pub fn manifest_fallback(problem: &str, on_trial: bool) -> ManifestFallback {
+    if on_trial {
+        ManifestFallback::Fail(format!(
+            "{problem}: without services this trial boot can never be blessed"
+        ))
+    } else {
+        ManifestFallback::StartNothing(format!("{problem}: starting no services"))
+    }
+}
+
+fn without_manifest(problem: &str, on_trial: bool) -> Manifest {
+    match manifest_fallback(problem, on_trial) {
+        ManifestFallback::StartNothing(line) => {
+            say(&line);
+            Manifest::default()
+        }
+        ManifestFallback::Fail(msg) => crate::power::fail(&msg),
+    }
+}
+
 /// The signals that ask PID 1 to end the machine (see the table above).
 pub fn power_signals() -> [(Signal, PowerAction, &'static str); 5] {
     [
@@ -266,6 +321,8 @@ fn forward_signal(kind: SignalKind, event: Event, events: &UnboundedSender<Event
 /// Starts the services and handles events until a power request comes.
 async fn supervise(manifest: Manifest, stage2_ms: u64) -> (Supervisor, PowerRequest) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // From now on a hung event loop stops the pings, and the watchdog resets.
+    crate::watchdog::spawn_pinger();
     // Listen before the first child exists, so that no SIGCHLD is missed.
     forward_signal(SignalKind::child(), Event::ChildExited, &tx);
     for (sig, action, reason) in power_signals() {
@@ -320,6 +377,8 @@ pub fn run() -> ! {
     reopen_console();
     let stage2_ms = crate::clock::ms_since_boot();
     say(&format!("stage 2 at {stage2_ms} ms"));
+    let on_trial = crate::power::learn_boot_counting().is_counted();
+    crate::watchdog::arm_for_stage2();
     mount_all();
     let hostname = hostname_from(std::fs::read_to_string("/etc/hostname").ok().as_deref());
     if let Err(e) = rustix::system::sethostname(hostname.as_bytes()) {
@@ -331,16 +390,8 @@ pub fn run() -> ! {
     if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::CadOff) {
         say(&format!("cannot take over ctrl-alt-del: {e}"));
     }
-    let manifest = Manifest::read(crate::MANIFEST_PATH).unwrap_or_else(|e| {
-        match e {
-            ManifestError::Read { .. } => say(&format!("{e}: starting no services")),
-            _ => say(&format!(
-                "{}: {e}: starting no services",
-                crate::MANIFEST_PATH
-            )),
-        }
-        Manifest::default()
-    });
+    let manifest = Manifest::read(crate::MANIFEST_PATH)
+        .unwrap_or_else(|e| without_manifest(&manifest_problem(&e), on_trial));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -447,6 +498,35 @@ mod tests {
         assert_eq!(
             ready_line(None, None, 0),
             "ready version=unknown roothash=none at 0 ms"
+        );
+    }
+
+    #[test]
+    fn a_broken_manifest_starts_nothing_when_blessed_and_fails_a_trial_boot() {
+        let read = ManifestError::Read {
+            path: crate::MANIFEST_PATH.into(),
+            reason: "No such file or directory".into(),
+        };
+        let problem = manifest_problem(&read);
+        assert!(problem.starts_with("cannot read /usr/lib/carapace/services.toml: "));
+        match manifest_fallback(&problem, false) {
+            ManifestFallback::StartNothing(line) => {
+                assert_eq!(line, format!("{problem}: starting no services"))
+            }
+            other => panic!("{other:?}"),
+        }
+        match manifest_fallback(&problem, true) {
+            ManifestFallback::Fail(msg) => assert_eq!(
+                msg,
+                format!("{problem}: without services this trial boot can never be blessed")
+            ),
+            other => panic!("{other:?}"),
+        }
+        let broken = Manifest::parse("[[service]]\nname = 1\n").expect_err("broken");
+        let problem = manifest_problem(&broken);
+        assert!(
+            problem.starts_with("/usr/lib/carapace/services.toml: "),
+            "{problem}"
         );
     }
 
