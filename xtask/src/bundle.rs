@@ -22,7 +22,21 @@
 //!   (the node writes zeros for the rest).
 //!
 //! The version's directory is written under a hidden staging name and
-//! renamed into place whole; `index.json` is replaced atomically.
+//! renamed into place whole. Then the version is added to the source's
+//! `index.json`, which is signed with the same key (`index.json.sig`) and
+//! carries an expiry and an optional anti-rollback floor:
+//!
+//! - `CARAPACE_INDEX_EXPIRES`: seconds from now until the index expires
+//!   (default 30 days); 0 or a negative number makes an index that is
+//!   already expired, for tests of a stale source.
+//! - `CARAPACE_MIN_VERSION`: the index's `minimum_version`, below which no
+//!   node installs anything, not even a forced downgrade (unset or empty:
+//!   no floor). It may not be above the newest version listed.
+//!
+//! The index and its signature are each replaced atomically, one after the
+//! other: a node reading between the two renames finds a signature that does
+//! not match, refuses the index, and succeeds on its next check. An index
+//! of the old unsigned format 1 is read for its versions and rewritten.
 
 use anyhow::{bail, ensure, Context, Result};
 use carapace_bundle::{Index, Manifest, Part, RootPart, SigningKey, Version};
@@ -34,6 +48,7 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The public half of the update key: 64 lowercase hex digits.
 pub type PublicKeyHex = String;
@@ -46,6 +61,9 @@ pub const PUBLIC_KEY_FILE: &str = "update-key.pub";
 /// The oldest version the bundles made here may update from: every
 /// Carapace version so far. Raise it when a release needs a stepping stone.
 pub const MIN_FROM_VERSION: Version = Version::new(0, 1, 0);
+/// How long a signed index is valid unless `CARAPACE_INDEX_EXPIRES` says
+/// otherwise: 30 days, in seconds.
+pub const INDEX_VALIDITY_SECONDS: i64 = 30 * 86_400;
 /// The unit in which trailing zeros are cut from the root data.
 const ZERO_BLOCK: u64 = 4096;
 /// The read buffer for streaming the data area.
@@ -110,8 +128,9 @@ fn load_signing_key(key_dir: &Path) -> Result<SigningKey> {
 
 /// Writes the bundle of `version` from `disk_image` (slot A) and `uki` into
 /// `source_dir/<version>/`, signs its manifest with the key of `key_dir`
-/// (made on first use), adds the version to `source_dir/index.json`, and
-/// returns the version's directory.
+/// (made on first use), adds the version to `source_dir/index.json` and
+/// signs that (`index.json.sig`, expiry and floor from the environment, see
+/// the module's doc), and returns the version's directory.
 pub fn bundle(
     disk_image: &Path,
     uki: &Path,
@@ -129,6 +148,16 @@ pub fn bundle(
         version >= MIN_FROM_VERSION,
         "version {version} is older than {MIN_FROM_VERSION}, the oldest version bundles update from"
     );
+    // The index's terms first: a typo in the environment fails fast.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    let terms = IndexTerms::from_env(
+        now,
+        env_text("CARAPACE_INDEX_EXPIRES")?.as_deref(),
+        env_text("CARAPACE_MIN_VERSION")?.as_deref(),
+    )?;
     ensure_key(key_dir)?;
     let key = load_signing_key(key_dir)?;
 
@@ -245,7 +274,7 @@ pub fn bundle(
     }
     fs::rename(&staging, &dir)
         .with_context(|| format!("cannot rename {} to {}", staging.display(), dir.display()))?;
-    add_to_index(source_dir, &version)?;
+    let index = add_to_index(source_dir, &version, &key, &terms)?;
     eprintln!(
         "xtask: bundle {version}: root {} of {} bytes stored, verity {} bytes, UKI {} bytes, roothash {}",
         manifest.root.stored_bytes,
@@ -254,7 +283,61 @@ pub fn bundle(
         manifest.uki.bytes,
         manifest.roothash
     );
+    let listed: Vec<String> = index.versions().iter().map(Version::to_string).collect();
+    eprintln!(
+        "xtask: {} lists {}; expires {} ({} s from now); minimum version {}",
+        source_dir.join(carapace_bundle::INDEX_FILE).display(),
+        listed.join(", "),
+        carapace_bundle::index::rfc3339(index.expires),
+        i128::from(index.expires) - i128::from(now),
+        index
+            .minimum_version
+            .as_ref()
+            .map_or_else(|| "none".to_string(), Version::to_string)
+    );
     Ok(dir)
+}
+
+/// What the index is signed with: when it expires, and its floor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IndexTerms {
+    /// Unix seconds, at least 1.
+    expires: u64,
+    minimum_version: Option<Version>,
+}
+
+impl IndexTerms {
+    /// From the values of `CARAPACE_INDEX_EXPIRES` (seconds from `now`,
+    /// which may be 0 or negative; default [`INDEX_VALIDITY_SECONDS`]) and
+    /// `CARAPACE_MIN_VERSION` (a semantic version; unset or empty: none).
+    fn from_env(now: u64, expires_in: Option<&str>, minimum: Option<&str>) -> Result<IndexTerms> {
+        let seconds = match expires_in.map(str::trim).filter(|t| !t.is_empty()) {
+            None => INDEX_VALIDITY_SECONDS,
+            Some(text) => text.parse::<i64>().with_context(|| {
+                format!("CARAPACE_INDEX_EXPIRES {text:?} is not a number of seconds from now")
+            })?,
+        };
+        let expires = (i128::from(now) + i128::from(seconds)).clamp(1, i128::from(u64::MAX));
+        let minimum_version = match minimum.map(str::trim).filter(|t| !t.is_empty()) {
+            None => None,
+            Some(text) => Some(Version::parse(text).with_context(|| {
+                format!("CARAPACE_MIN_VERSION {text:?} is not a semantic version")
+            })?),
+        };
+        Ok(IndexTerms {
+            expires: u64::try_from(expires)?,
+            minimum_version,
+        })
+    }
+}
+
+/// The value of the environment variable `name`, if set.
+fn env_text(name: &str) -> Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(text) => Ok(Some(text)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("environment variable {name}")),
+    }
 }
 
 /// Slot A of a disk image, and the logical sector size its GPT was made for.
@@ -588,16 +671,63 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// Adds `version` to `source_dir/index.json` (made if missing).
-fn add_to_index(source_dir: &Path, version: &Version) -> Result<()> {
+/// Adds `version` to `source_dir/index.json` (made if missing), gives it
+/// `terms`, signs it with `key` into `index.json.sig`, and returns it.
+fn add_to_index(
+    source_dir: &Path,
+    version: &Version,
+    key: &SigningKey,
+    terms: &IndexTerms,
+) -> Result<Index> {
     let path = source_dir.join(carapace_bundle::INDEX_FILE);
     let mut index = match fs::read(&path) {
-        Ok(bytes) => Index::parse(&bytes).with_context(|| format!("{}", path.display()))?,
+        Ok(bytes) => read_index(&bytes).with_context(|| format!("{}", path.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     index.add(version.clone());
-    write_atomically(&path, &index.to_bytes()?, 0o644)
+    index.expires = terms.expires;
+    index.minimum_version = terms.minimum_version.clone();
+    if let (Some(minimum), Some(latest)) = (&index.minimum_version, index.latest()) {
+        ensure!(
+            minimum <= latest,
+            "CARAPACE_MIN_VERSION {minimum} is above {latest}, the newest version of {}: \
+             nodes could install nothing from it",
+            path.display()
+        );
+    }
+    let bytes = index.to_bytes()?;
+    let signature = key.sign(&bytes).to_text();
+    // What a node will do, as it would just before the index expires (a
+    // test may want an index that has expired already).
+    let checked = Index::verify(&key.public_key(), &bytes, &signature, index.expires - 1)?;
+    ensure!(checked == index, "the signed index does not read back");
+    write_atomically(&path, &bytes, 0o644)?;
+    write_atomically(
+        &source_dir.join(carapace_bundle::INDEX_SIGNATURE_FILE),
+        signature.as_bytes(),
+        0o644,
+    )?;
+    Ok(index)
+}
+
+/// The index this tool wrote before (it is not checked: the release
+/// builder trusts its own output), also of the old unsigned format 1,
+/// whose versions are kept.
+fn read_index(bytes: &[u8]) -> Result<Index> {
+    match Index::parse_unverified(bytes) {
+        Ok(index) => Ok(index),
+        Err(carapace_bundle::BundleError::Format { found, .. }) if found == "1" => {
+            let old: serde_json::Value = serde_json::from_slice(bytes)?;
+            let mut index = Index::new();
+            for text in old["versions"].as_array().into_iter().flatten() {
+                let text = text.as_str().context("a version that is not a string")?;
+                index.add(Version::parse(text).with_context(|| format!("version {text:?}"))?);
+            }
+            Ok(index)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
@@ -892,17 +1022,137 @@ mod tests {
         fs::remove_dir_all(&dir).ok();
     }
 
+    /// 2026-01-01T00:00:00Z.
+    const NOW: u64 = 1_767_225_600;
+
+    fn signing_key() -> SigningKey {
+        SigningKey::from_pkcs8(&SigningKey::generate().expect("key")).expect("loads")
+    }
+
+    fn v(text: &str) -> Version {
+        Version::parse(text).expect("version")
+    }
+
+    /// The index of `dir` as a node reads it at `now`.
+    fn node_reads(
+        dir: &Path,
+        key: &SigningKey,
+        now: u64,
+    ) -> Result<Index, Box<carapace_bundle::BundleError>> {
+        let bytes = fs::read(dir.join("index.json")).expect("index");
+        let sig = fs::read_to_string(dir.join("index.json.sig")).expect("signature");
+        Index::verify(&key.public_key(), &bytes, &sig, now).map_err(Box::new)
+    }
+
     #[test]
-    fn the_index_gains_versions_in_order() {
+    fn the_index_gains_versions_in_order_and_is_signed() {
         let dir = temp_dir("index");
         fs::create_dir_all(&dir).expect("dir");
-        for v in ["0.10.0", "0.9.0", "0.10.0"] {
-            add_to_index(&dir, &Version::parse(v).expect("v")).expect("added");
+        let key = signing_key();
+        let terms = IndexTerms::from_env(NOW, None, None).expect("terms");
+        for version in ["0.10.0", "0.9.0", "0.10.0"] {
+            add_to_index(&dir, &v(version), &key, &terms).expect("added");
         }
         assert_eq!(
             fs::read_to_string(dir.join("index.json")).expect("index"),
-            "{\"format\":1,\"versions\":[\"0.9.0\",\"0.10.0\"]}\n"
+            "{\"format\":2,\"expires\":1769817600,\"versions\":[\"0.9.0\",\"0.10.0\"]}\n"
         );
+        let read = node_reads(&dir, &key, NOW).expect("a node takes it");
+        assert_eq!(read.versions(), &[v("0.9.0"), v("0.10.0")]);
+        assert_eq!(read.minimum_version, None);
+        // Thirty days later it has expired.
+        let err = node_reads(&dir, &key, NOW + INDEX_VALIDITY_SECONDS as u64).expect_err("old");
+        assert!(
+            err.to_string()
+                .starts_with("index.json expired at 2026-01-31T00:00:00Z, 0 s ago"),
+            "{err}"
+        );
+        // Another key's node refuses it.
+        let other = signing_key();
+        assert!(matches!(
+            node_reads(&dir, &other, NOW).map_err(|e| *e),
+            Err(carapace_bundle::BundleError::IndexNotSigned(_))
+        ));
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_environment_sets_expiry_and_floor() {
+        let terms = |e: Option<&str>, m: Option<&str>| IndexTerms::from_env(NOW, e, m);
+        let default = terms(None, None).expect("default");
+        assert_eq!(default.expires, NOW + 30 * 86_400);
+        assert_eq!(default.minimum_version, None);
+        assert_eq!(terms(Some(""), Some("")).expect("empty"), default);
+        assert_eq!(terms(Some("3600"), None).expect("hour").expires, NOW + 3600);
+        assert_eq!(terms(Some("0"), None).expect("now").expires, NOW);
+        assert_eq!(terms(Some("-60"), None).expect("past").expires, NOW - 60);
+        assert_eq!(terms(Some("-99999999999"), None).expect("epoch").expires, 1);
+        assert_eq!(
+            terms(None, Some("0.2.0")).expect("floor").minimum_version,
+            Some(v("0.2.0"))
+        );
+        let err = terms(Some("30d"), None).expect_err("not seconds");
+        assert!(
+            err.to_string().contains("CARAPACE_INDEX_EXPIRES \"30d\""),
+            "{err}"
+        );
+        let err = terms(None, Some("0.2")).expect_err("not semver");
+        assert!(
+            err.to_string().contains("CARAPACE_MIN_VERSION \"0.2\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_expired_index_can_be_made_for_tests() {
+        let dir = temp_dir("index-expired");
+        fs::create_dir_all(&dir).expect("dir");
+        let key = signing_key();
+        let terms = IndexTerms::from_env(NOW, Some("-60"), Some("0.1.0")).expect("terms");
+        add_to_index(&dir, &v("0.2.0"), &key, &terms).expect("written");
+        let err = node_reads(&dir, &key, NOW).expect_err("expired");
+        assert_eq!(
+            *err,
+            carapace_bundle::BundleError::IndexExpired {
+                expires: NOW - 60,
+                ago: 60
+            }
+        );
+        let read = node_reads(&dir, &key, NOW - 61).expect("fresh a minute earlier");
+        assert_eq!(read.minimum_version, Some(v("0.1.0")));
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_floor_above_every_version_is_refused() {
+        let dir = temp_dir("index-floor");
+        fs::create_dir_all(&dir).expect("dir");
+        let key = signing_key();
+        let terms = IndexTerms::from_env(NOW, None, Some("0.5.0")).expect("terms");
+        let err = add_to_index(&dir, &v("0.4.0"), &key, &terms).expect_err("floor too high");
+        assert!(
+            err.to_string()
+                .starts_with("CARAPACE_MIN_VERSION 0.5.0 is above 0.4.0, the newest version of"),
+            "{err}"
+        );
+        assert!(!dir.join("index.json").exists(), "nothing written");
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn an_unsigned_old_index_keeps_its_versions() {
+        let dir = temp_dir("index-old");
+        fs::create_dir_all(&dir).expect("dir");
+        fs::write(
+            dir.join("index.json"),
+            "{\"format\":1,\"versions\":[\"0.1.0\",\"0.2.0\"]}\n",
+        )
+        .expect("old index");
+        let key = signing_key();
+        let terms = IndexTerms::from_env(NOW, None, None).expect("terms");
+        add_to_index(&dir, &v("0.3.0"), &key, &terms).expect("upgraded");
+        let read = node_reads(&dir, &key, NOW).expect("signed now");
+        assert_eq!(read.versions(), &[v("0.1.0"), v("0.2.0"), v("0.3.0")]);
         fs::remove_dir_all(&dir).ok();
     }
 }

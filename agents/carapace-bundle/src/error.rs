@@ -5,7 +5,7 @@ use semver::Version;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BundleError {
-    // --- Parsing the manifest and the index.
+    // --- Parsing the manifest and the index (a malformed document).
     /// Not JSON, a missing, unknown or repeated field, a value of the wrong
     /// type; `detail` names the field's path.
     #[error("the {what} is not valid: {detail}")]
@@ -61,6 +61,16 @@ pub enum BundleError {
     #[error("the signature does not match the update key")]
     BadSignature,
 
+    // --- The signed index.
+    /// `index.json.sig` is missing, malformed or made by another key; the
+    /// reason is the signature's own error.
+    #[error("index.json is not signed by the update key ({0})")]
+    IndexNotSigned(String),
+    /// The node's clock is at or past the index's `expires`: whoever serves
+    /// it has not re-signed it in time, or replays an old one.
+    #[error("index.json expired at {}, {ago} s ago: the source is stale or replayed", crate::index::rfc3339(*.expires))]
+    IndexExpired { expires: u64, ago: u64 },
+
     // --- The update policy.
     #[error("this bundle is for {bundle}, but this node is {node}")]
     Architecture { bundle: String, node: &'static str },
@@ -68,6 +78,8 @@ pub enum BundleError {
     Downgrade { offered: Version, running: Version },
     #[error("{0} is already running: refusing to install it again")]
     SameVersion(Version),
+    #[error("{offered} is below {minimum}, the minimum_version of the signed index: refusing it, even as a forced downgrade")]
+    BelowMinimumVersion { offered: Version, minimum: Version },
     #[error("{offered} can only be installed over {min_from} or newer, and this node runs {running}: update to {min_from} first")]
     RunningTooOld {
         offered: Version,

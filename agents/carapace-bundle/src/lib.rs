@@ -2,10 +2,11 @@
 //! `cargo xtask bundle` (which writes and signs bundles) and the update
 //! daemon (which checks and installs them).
 //!
-//! A released version is served from any plain HTTP directory:
+//! A released version is served from any HTTP or HTTPS directory:
 //!
 //! ```text
-//! <source>/index.json                      {"format":1,"versions":["0.1.0","0.2.0"]}  (unsigned)
+//! <source>/index.json                      {"format":2,"expires":<unix s>,"minimum_version":"0.1.0","versions":["0.1.0","0.2.0"]}
+//! <source>/index.json.sig                  Ed25519 signature of index.json, as for a manifest
 //! <source>/<version>/manifest.json         the manifest, the exact bytes that were signed
 //! <source>/<version>/manifest.json.sig     Ed25519 signature: 128 lowercase hex digits and a newline
 //! <source>/<version>/root.img              the verity-covered data area, trailing zero blocks cut off
@@ -16,8 +17,10 @@
 //! - [`manifest`]: the signed [`Manifest`], validated whole on parse.
 //! - [`signing`]: Ed25519 keys and signatures (ring); [`verify`] checks the
 //!   signature over the raw bytes *before* anything in them is parsed.
-//! - [`policy`]: [`check_update`], whether this node may take a version.
-//! - [`index`]: the source's unsigned list of versions.
+//! - [`policy`]: [`check_update`], whether this node may take a version, and
+//!   [`check_minimum_version`], the index's anti-rollback floor.
+//! - [`index`]: the source's signed, expiring list of versions;
+//!   [`Index::verify`] checks signature, document and expiry.
 //! - [`hasher`]: [`PartHasher`], streaming size and SHA-256 checks of a
 //!   downloaded part.
 //!
@@ -34,17 +37,23 @@ pub use error::BundleError;
 pub use hasher::PartHasher;
 pub use index::Index;
 pub use manifest::{Manifest, Part, RootPart, MAX_PART_BYTES};
-pub use policy::{check_update, NODE_ARCHITECTURE};
+pub use policy::{check_minimum_version, check_update, NODE_ARCHITECTURE};
 pub use semver::Version;
 pub use signing::{verify, PublicKey, Signature, SigningKey};
 
-/// The only bundle format (of the manifest and the index) this code knows.
+/// The only manifest format this code knows.
 pub const FORMAT: u32 = 1;
+/// The only index format this code knows: 2, the signed index with an
+/// expiry (format 1 was the unsigned list of versions).
+pub const INDEX_FORMAT: u32 = 2;
 
-/// File names inside a version's directory.
+/// File names inside a version's directory (and at the top of the source,
+/// the index and its signature).
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.json.sig";
 pub const INDEX_FILE: &str = "index.json";
+/// The signature of `index.json`, beside it at the top of the source.
+pub const INDEX_SIGNATURE_FILE: &str = "index.json.sig";
 pub const ROOT_FILE: &str = "root.img";
 pub const VERITY_FILE: &str = "root.verity";
 

@@ -87,9 +87,10 @@ impl Part {
 }
 
 /// Deserializes `bytes` as `T`, naming the path of a bad field; `what` is
-/// "manifest" or "index".
+/// "manifest" or "index", `known` the one format number accepted.
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
     what: &'static str,
+    known: u32,
     bytes: &[u8],
 ) -> Result<T, BundleError> {
     let json_error = |detail: String| BundleError::Json { what, detail };
@@ -101,12 +102,12 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
         return Err(json_error("it is not a JSON object".into()));
     };
     match object.get("format") {
-        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(FORMAT)) => {}
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(known)) => {}
         Some(other) => {
             return Err(BundleError::Format {
                 what,
                 found: other.to_string(),
-                known: FORMAT,
+                known,
             })
         }
         None => return Err(json_error("missing field `format`".into())),
@@ -129,7 +130,7 @@ impl Manifest {
     /// Parses and validates a manifest. Unknown fields, repeated fields and
     /// trailing garbage are refused; so is anything [`Manifest::validate`] refuses.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, BundleError> {
-        let manifest: Manifest = from_json("manifest", bytes)?;
+        let manifest: Manifest = from_json("manifest", FORMAT, bytes)?;
         manifest.validate()?;
         Ok(manifest)
     }

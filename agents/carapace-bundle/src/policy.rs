@@ -9,8 +9,13 @@
 //!    `min_from_version` — never bypassed, since it says the new version
 //!    cannot take over the state an older one left. (A downgrade always
 //!    passes it: a valid manifest has `min_from_version <= version`.)
+//!
+//! Beside it, [`check_minimum_version`]: the signed index's anti-rollback
+//! floor, which no version below it passes — forced or not — so that a
+//! downgrade cannot bring back a version the release builder withdrew
+//! (one with a known hole, say).
 
-use crate::{BundleError, Manifest};
+use crate::{BundleError, Index, Manifest};
 use semver::Version;
 use std::cmp::Ordering;
 
@@ -51,6 +56,19 @@ pub fn check_update(
         });
     }
     Ok(())
+}
+
+/// Whether `offered` is at or above the `minimum_version` of the signed
+/// `index` (always, when the index sets no floor). A forced downgrade does
+/// not bypass it: call it for every version a node would install.
+pub fn check_minimum_version(offered: &Version, index: &Index) -> Result<(), BundleError> {
+    match &index.minimum_version {
+        Some(minimum) if offered < minimum => Err(BundleError::BelowMinimumVersion {
+            offered: offered.clone(),
+            minimum: minimum.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -133,5 +151,28 @@ mod tests {
                 "this bundle is for aarch64, but this node is x86_64"
             );
         }
+    }
+
+    #[test]
+    fn the_index_floor_refuses_older_versions_even_when_forced() {
+        let mut index = Index::new();
+        assert_eq!(check_minimum_version(&v("0.0.1"), &index), Ok(()));
+        index.minimum_version = Some(v("0.2.0"));
+        let err = check_minimum_version(&v("0.1.9"), &index).expect_err("below the floor");
+        assert_eq!(
+            err.to_string(),
+            "0.1.9 is below 0.2.0, the minimum_version of the signed index: refusing it, even as a forced downgrade"
+        );
+        // A pre-release of the floor is below it; the floor itself is fine.
+        assert!(check_minimum_version(&v("0.2.0-rc.1"), &index).is_err());
+        assert_eq!(check_minimum_version(&v("0.2.0"), &index), Ok(()));
+        assert_eq!(check_minimum_version(&v("0.10.0"), &index), Ok(()));
+        // check_update lets the forced downgrade through; the floor does not.
+        let m = offering("0.1.0", "0.1.0");
+        assert_eq!(check_update(&v("0.3.0"), &m, true), Ok(()));
+        assert!(matches!(
+            check_minimum_version(&m.version, &index),
+            Err(BundleError::BelowMinimumVersion { .. })
+        ));
     }
 }

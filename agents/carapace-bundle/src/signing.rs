@@ -5,10 +5,12 @@
 //! - The public key travels as 64 lowercase hex digits and a newline: the
 //!   root filesystem carries it as `/usr/lib/carapace/update-key.pub`.
 //! - A signature travels as 128 lowercase hex digits and a newline
-//!   (`manifest.json.sig`).
+//!   (`manifest.json.sig`, and in the same form `index.json.sig`).
 //!
 //! [`verify`] checks the signature over the raw bytes first and only then
-//! parses them: nothing from an unsigned manifest is ever looked at.
+//! parses them: nothing from an unsigned manifest is ever looked at. The
+//! index is signed with the same key and checked the same way
+//! ([`crate::Index::verify`]).
 
 use crate::{from_hex, to_hex, BundleError, Manifest};
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};

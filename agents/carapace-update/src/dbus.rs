@@ -93,7 +93,7 @@ impl Update1 {
         self.engine.end(&outcome, State::Idle);
         let found = result.map_err(failed)?;
         Ok(found
-            .map(|(_, m)| m.version.to_string())
+            .map(|offer| offer.manifest.version.to_string())
             .unwrap_or_default())
     }
 
@@ -104,6 +104,7 @@ impl Update1 {
         #[zbus(connection)] connection: &Connection,
     ) -> fdo::Result<()> {
         require_root(&header, connection).await?;
+        self.engine.may_update().map_err(failed)?;
         self.engine.begin(State::Checking).map_err(failed)?;
         let engine = self.engine.clone();
         tokio::spawn(async move {
@@ -119,6 +120,7 @@ impl Update1 {
         #[zbus(connection)] connection: &Connection,
     ) -> fdo::Result<String> {
         require_root(&header, connection).await?;
+        self.engine.may_update().map_err(failed)?;
         self.engine.begin(State::Writing).map_err(failed)?;
         let result = self.engine.apply().await;
         let outcome = result.as_ref().map(drop).map_err(Clone::clone);
@@ -132,8 +134,7 @@ impl Update1 {
         #[zbus(connection)] connection: &Connection,
     ) -> fdo::Result<()> {
         require_root(&header, connection).await?;
-        self.engine.cancel();
-        Ok(())
+        self.engine.cancel().map_err(failed)
     }
 
     async fn status(

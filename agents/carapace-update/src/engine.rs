@@ -14,12 +14,22 @@
 //! 4. re-read both and rebuild the verity tree: it must give the manifest's
 //!    root hash and equal the written hash partition;
 //! 5. set the slot's UUIDs to the root hash halves and its labels to the
-//!    version. Only the UKI installed by `apply` makes it bootable.
+//!    version, and keep the signed manifest on /var (`staged`), so that the
+//!    download survives a reboot. Only the UKI installed by `apply` makes it
+//!    bootable, and `apply` also sets systemd-boot's one-shot entry to it, so
+//!    the version installed is the one the next boot tries — also when the
+//!    boot loader's own order would put it second (a forced downgrade).
+//!
+//! While the running version is on trial (its UKI still has a boot counter)
+//! the other slot is its only fallback: download and apply are refused until
+//! it is blessed or rolled back. Installing the running version again is
+//! refused before anything is touched (both slots would carry one root hash).
 
 use crate::boot_entries::{self, Entry};
 use crate::esp::{self, Esp};
 use crate::fetch::{self, Source};
 use crate::slots::{self, Slot, Slots};
+use crate::staged::{self, Record};
 use crate::status::{State, Status};
 use carapace_bundle::{Manifest, PartHasher};
 use carapace_init::gpt::{self, Guid};
@@ -37,6 +47,10 @@ pub struct Paths {
     pub network_json: PathBuf,
     pub public_key: PathBuf,
     pub esp_mount: PathBuf,
+    /// The record of a verified download (`staged`).
+    pub staged: PathBuf,
+    /// Where efivarfs is mounted.
+    pub efivars: PathBuf,
 }
 
 impl Default for Paths {
@@ -47,6 +61,8 @@ impl Default for Paths {
             network_json: "/run/carapace/network.json".into(),
             public_key: "/usr/lib/carapace/update-key.pub".into(),
             esp_mount: esp::MOUNT_POINT.into(),
+            staged: staged::PATH.into(),
+            efivars: crate::efi_vars::DIR.into(),
         }
     }
 }
@@ -109,6 +125,15 @@ struct Staged {
     source: Source,
 }
 
+/// What a check found: the newest version's signed manifest, as served and
+/// as parsed, and the directory its files are in.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub source: Source,
+    pub manifest: Manifest,
+    pub record: Record,
+}
+
 /// The engine, shared by the D-Bus interface and the background tasks.
 pub struct Engine {
     paths: Paths,
@@ -116,6 +141,8 @@ pub struct Engine {
     status: Mutex<Status>,
     staged: Mutex<Option<Staged>>,
     cancel: AtomicBool,
+    /// Whether the running version is on trial (survey), so updates wait.
+    on_trial: AtomicBool,
     changes: tokio::sync::watch::Sender<Status>,
 }
 
@@ -140,6 +167,7 @@ impl Engine {
                 status: Mutex::new(status),
                 staged: Mutex::new(None),
                 cancel: AtomicBool::new(false),
+                on_trial: AtomicBool::new(false),
                 changes: tx,
             },
             rx,
@@ -199,9 +227,130 @@ impl Engine {
         }
     }
 
-    /// Asks a running download to stop at its next chunk.
-    pub fn cancel(&self) {
+    /// Asks a running operation to stop at its next chunk, and nothing else.
+    pub fn cancel_running(&self) {
         self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Asks a running download to stop at its next chunk; with nothing
+    /// running, forgets a staged version: its UKI (if applied) goes, its
+    /// slot becomes `_empty` again, and its record is removed.
+    pub fn cancel(&self) -> Result<(), String> {
+        self.cancel.store(true, Ordering::SeqCst);
+        if self.status().busy() {
+            return Ok(());
+        }
+        let staged = self.staged.lock().map_err(|_| "poisoned")?.take();
+        if staged.is_none() && staged::load(&self.paths.staged)?.is_none() {
+            return Ok(());
+        }
+        let (parts, slots) = self.read_slots()?;
+        self.unstage(&parts, &slots.inactive)?;
+        self.update(|s| s.staged.clear());
+        Ok(())
+    }
+
+    /// Refuses an update while the running version is on trial: the other
+    /// slot is what the boot loader falls back to.
+    pub fn may_update(&self) -> Result<(), String> {
+        if self.on_trial.load(Ordering::SeqCst) {
+            return Err(format!(
+                "{} is on trial (not blessed yet): the other slot is its fallback, so updates \
+                 wait until it is blessed or rolled back",
+                self.boot.version
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes `slot` unbootable and forgets what was staged in it: removes
+    /// every UKI that names its root, gives it fresh UUIDs and the label
+    /// `_empty`, and removes the staged record.
+    fn unstage(&self, parts: &[gpt::Partition], slot: &Slot) -> Result<(), String> {
+        staged::clear(&self.paths.staged)?;
+        let esp = self.esp(parts)?;
+        let hash_prefix: String = slot
+            .data
+            .unique_guid
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        esp.with_linux_dir(|dir| {
+            let mut doomed = Vec::new();
+            for name in esp::list(dir)? {
+                if Entry::parse(&name).is_none() {
+                    continue;
+                }
+                let hash = esp::uki_roothash(std::fs::File::open(dir.join(&name))?)?;
+                if hash.is_some_and(|h| h.starts_with(&hash_prefix)) {
+                    doomed.push(name);
+                }
+            }
+            esp::remove(dir, &doomed)
+        })
+        .map_err(|e| format!("cannot clear the ESP of slot {}: {e}", slot.letter))?;
+        self.set_identity(
+            slot,
+            (random_guid()?, "_empty".into()),
+            (random_guid()?, "_empty".into()),
+        )
+    }
+
+    /// Takes back a download staged before a reboot or a restart of the
+    /// daemon, if its record still verifies and the inactive slot still
+    /// carries its identity; a stale record is removed. Returns the version.
+    pub fn restore_staged(&self) -> Result<Option<String>, String> {
+        let Some(record) = staged::load(&self.paths.staged)? else {
+            return Ok(None);
+        };
+        let key = self.public_key()?;
+        let checked = record.manifest(&key).and_then(|manifest| {
+            let (_, slots) = self.read_slots()?;
+            let roothash = parse_hash(&manifest.roothash)?;
+            let slot = &slots.inactive;
+            let label = format!("carapace_{}", manifest.version);
+            if slot.data.unique_guid != guid_of(&roothash[..16])
+                || slot.verity.unique_guid != guid_of(&roothash[16..])
+                || slot.data.name != label
+            {
+                return Err(format!(
+                    "slot {} no longer holds {} (label {:?})",
+                    slot.letter, manifest.version, slot.data.name
+                ));
+            }
+            let (url, mut source) = self.source()?;
+            if url != record.source {
+                return Err(format!(
+                    "the update source changed from {} to {url}",
+                    record.source
+                ));
+            }
+            source.prefix.push_str(&record.dir);
+            Ok(Staged { manifest, source })
+        });
+        match checked {
+            Ok(staged) => {
+                let version = staged.manifest.version.to_string();
+                *self.staged.lock().map_err(|_| "poisoned")? = Some(staged);
+                self.update(|s| s.staged = version.clone());
+                Ok(Some(version))
+            }
+            Err(e) => {
+                staged::clear(&self.paths.staged)?;
+                Err(format!("dropped the staged download: {e}"))
+            }
+        }
+    }
+
+    fn public_key(&self) -> Result<carapace_bundle::PublicKey, String> {
+        let key = std::fs::read_to_string(&self.paths.public_key).map_err(|e| {
+            format!(
+                "cannot read the update key {}: {e}",
+                self.paths.public_key.display()
+            )
+        })?;
+        carapace_bundle::PublicKey::parse_hex(key.trim()).map_err(|e| e.to_string())
     }
 
     fn cancelled(&self) -> Result<(), String> {
@@ -212,7 +361,8 @@ impl Engine {
         }
     }
 
-    fn source(&self) -> Result<Source, String> {
+    /// The `updates.source` setting, as written and parsed.
+    fn source(&self) -> Result<(String, Source), String> {
         let settings = carapace_model::persist::load(&self.paths.settings)
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
@@ -220,7 +370,10 @@ impl Engine {
             .updates
             .source
             .ok_or("no update source is set (settings: updates.source)")?;
-        Source::parse(url.as_str())
+        let url = url.as_str().to_string();
+        let source =
+            Source::parse(&url)?.with_ca(settings.updates.ca.as_ref().map(|c| c.as_str()))?;
+        Ok((url, source))
     }
 
     fn dns(&self) -> Vec<std::net::IpAddr> {
@@ -228,15 +381,32 @@ impl Engine {
     }
 
     /// Fetches the index and the newest version's signed manifest; returns
-    /// the manifest if it is an update this node may take.
-    pub async fn check(&self, force_downgrade: bool) -> Result<Option<(Source, Manifest)>, String> {
-        let source = self.source()?;
+    /// the offer if it is an update this node may take.
+    pub async fn check(&self, force_downgrade: bool) -> Result<Option<Offer>, String> {
+        let (url, source) = self.source()?;
         let dns = self.dns();
+        let key = self.public_key()?;
         let index = fetch::get(&source, "index.json", &dns)
             .await?
             .all(MAX_SMALL)
             .await?;
-        let index = carapace_bundle::Index::parse(&index).map_err(|e| e.to_string())?;
+        let signature = match fetch::get(&source, carapace_bundle::INDEX_SIGNATURE_FILE, &dns).await
+        {
+            Ok(body) => body.all(1024).await?,
+            Err(e) if e.contains("404") => {
+                return Err(format!(
+                    "index.json is not signed by the update key (no {}: {e})",
+                    carapace_bundle::INDEX_SIGNATURE_FILE
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let index =
+            carapace_bundle::Index::verify(&key, &index, &String::from_utf8_lossy(&signature), now)
+                .map_err(|e| e.to_string())?;
         let Some(latest) = index.latest() else {
             return Ok(None);
         };
@@ -253,19 +423,29 @@ impl Engine {
             .await?
             .all(1024)
             .await?;
-        let key = std::fs::read_to_string(&self.paths.public_key).map_err(|e| {
-            format!(
-                "cannot read the update key {}: {e}",
-                self.paths.public_key.display()
-            )
-        })?;
-        let key = carapace_bundle::PublicKey::parse_hex(key.trim()).map_err(|e| e.to_string())?;
-        let manifest =
-            carapace_bundle::verify(&key, &manifest_bytes, &String::from_utf8_lossy(&signature))
-                .map_err(|e| e.to_string())?;
+        let record = Record {
+            manifest: String::from_utf8(manifest_bytes)
+                .map_err(|_| format!("{dir}manifest.json is not UTF-8"))?,
+            signature: String::from_utf8_lossy(&signature).into_owned(),
+            source: url,
+            dir: dir.clone(),
+        };
+        let manifest = record.manifest(&key)?;
         if manifest.version != *latest {
             return Err(format!(
                 "the manifest under {latest}/ is for version {}",
+                manifest.version
+            ));
+        }
+        // The signed floor holds even for a forced downgrade.
+        carapace_bundle::check_minimum_version(&manifest.version, &index)
+            .map_err(|e| e.to_string())?;
+        if manifest.version == self.boot.version
+            || parse_hash(&manifest.roothash)? == self.boot.roothash
+        {
+            return Err(format!(
+                "{} is the running version: installing it again would give both slots one \
+                 root hash, so it is refused (nothing was changed)",
                 manifest.version
             ));
         }
@@ -273,13 +453,14 @@ impl Engine {
             .map_err(|e| e.to_string())?;
         let version = manifest.version.to_string();
         self.update(|s| s.available = version);
-        Ok(Some((
-            Source {
+        Ok(Some(Offer {
+            source: Source {
                 prefix: format!("{}{dir}", source.prefix),
                 ..source
             },
             manifest,
-        )))
+            record,
+        }))
     }
 
     fn disk_device(&self) -> String {
@@ -301,8 +482,9 @@ impl Engine {
     fn read_slots(&self) -> Result<(Vec<gpt::Partition>, Slots), String> {
         let dev = self.disk_device();
         let mut f = std::fs::File::open(&dev).map_err(|e| format!("cannot open {dev}: {e}"))?;
-        let (_, parts) =
-            gpt::read(&mut f, self.sector_size() as usize).map_err(|e| format!("{dev}: {e}"))?;
+        let parts = gpt::read_with_fallback(&mut f, self.sector_size() as usize)
+            .map_err(|e| format!("{dev}: {e}"))?
+            .partitions;
         let slots = slots::slots(&parts, &self.boot.roothash).map_err(|e| e.to_string())?;
         Ok((parts, slots))
     }
@@ -352,7 +534,12 @@ impl Engine {
 
     /// Downloads the newest version into the inactive slot and proves it.
     pub async fn download(&self, force_downgrade: bool) -> Result<String, String> {
-        let (source, manifest) = self
+        self.may_update()?;
+        let Offer {
+            source,
+            manifest,
+            record,
+        } = self
             .check(force_downgrade)
             .await?
             .ok_or("no newer version is available")?;
@@ -369,35 +556,9 @@ impl Engine {
         }
 
         // Nothing may boot the slot while it is rewritten.
-        let esp = self.esp(&parts)?;
-        let inactive_hash_prefix: String = target
-            .data
-            .unique_guid
-            .0
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        esp.with_linux_dir(|dir| {
-            let mut doomed = Vec::new();
-            for name in esp::list(dir)? {
-                if Entry::parse(&name).is_none() {
-                    continue;
-                }
-                let hash = esp::uki_roothash(std::fs::File::open(dir.join(&name))?)?;
-                if hash.is_some_and(|h| h.starts_with(&inactive_hash_prefix)) {
-                    doomed.push(name);
-                }
-            }
-            esp::remove(dir, &doomed)
-        })
-        .map_err(|e| format!("cannot clear the ESP of slot {}: {e}", target.letter))?;
-        self.set_identity(
-            &target,
-            (random_guid()?, "_empty".into()),
-            (random_guid()?, "_empty".into()),
-        )?;
         *self.staged.lock().map_err(|_| "poisoned")? = None;
         self.update(|s| s.staged.clear());
+        self.unstage(&parts, &target)?;
 
         // Stream the parts in.
         self.enter(State::Downloading);
@@ -405,13 +566,11 @@ impl Engine {
         let data_dev = self.partition_device(target.data.number);
         let verity_dev = self.partition_device(target.verity.number);
         let total = (manifest.root.stored_bytes + manifest.verity.bytes) as f64;
-        let root_file = manifest.root.file.clone();
         let mut done = 0u64;
         self.stream_part(
             &source,
-            &root_file,
+            &manifest.root.as_part(),
             &data_dev,
-            PartHasher::new(&manifest.root.as_part()),
             &mut done,
             total,
         )
@@ -422,12 +581,10 @@ impl Engine {
             manifest.root.stored_bytes,
             manifest.root.data_bytes,
         )?;
-        let verity_file = manifest.verity.file.clone();
         self.stream_part(
             &source,
-            &verity_file,
+            &manifest.verity.as_part(),
             &verity_dev,
-            PartHasher::new(&manifest.verity.as_part()),
             &mut done,
             total,
         )
@@ -474,6 +631,7 @@ impl Engine {
             (guid_of(&roothash[..16]), label.clone()),
             (guid_of(&roothash[16..]), format!("{label}_verity")),
         )?;
+        staged::save(&self.paths.staged, &record)?;
         let version = manifest.version.to_string();
         *self.staged.lock().map_err(|_| "poisoned")? = Some(Staged { manifest, source });
         self.update(|s| s.staged = version.clone());
@@ -483,14 +641,16 @@ impl Engine {
     async fn stream_part(
         &self,
         source: &Source,
-        file: &str,
+        part: &carapace_bundle::Part,
         device: &str,
-        hasher: Result<PartHasher, carapace_bundle::BundleError>,
         done: &mut u64,
         total: f64,
     ) -> Result<(), String> {
-        let mut hasher = hasher.map_err(|e| e.to_string())?;
+        let file = part.file.as_str();
+        let mut hasher = PartHasher::new(part).map_err(|e| e.to_string())?;
         let mut body = fetch::get(source, file, &self.dns()).await?;
+        // The deadline follows the signed size, not the server's word.
+        body.expect_length(part.bytes)?;
         let mut out = std::fs::OpenOptions::new()
             .write(true)
             .open(device)
@@ -511,6 +671,7 @@ impl Engine {
     /// Installs the staged version's UKI with a boot counter: the next boot
     /// tries it.
     pub async fn apply(&self) -> Result<String, String> {
+        self.may_update()?;
         let staged = self
             .staged
             .lock()
@@ -523,6 +684,7 @@ impl Engine {
         }
         self.enter(State::Downloading);
         let mut body = fetch::get(&staged.source, &m.uki.file, &self.dns()).await?;
+        body.expect_length(m.uki.bytes)?;
         let mut hasher = PartHasher::new(&m.uki.as_part()).map_err(|e| e.to_string())?;
         let mut uki = Vec::new();
         while let Some(chunk) = body.chunk().await? {
@@ -557,10 +719,52 @@ impl Engine {
                     uki.len()
                 )));
             }
-            esp::install(dir, &name, uki.as_slice()).map(drop)
+            esp::install(dir, &name, uki.as_slice())?;
+            // The next boot tries it, whatever the boot loader's order.
+            let entries = boot_entries::entries(&esp::list(dir)?);
+            let first = entries.first().is_some_and(|e| e.file_name == name);
+            match crate::efi_vars::write(
+                &self.paths.efivars,
+                crate::efi_vars::ONE_SHOT,
+                &name.to_lowercase(),
+            ) {
+                Ok(()) => Ok(()),
+                Err(_) if first => Ok(()),
+                Err(e) => {
+                    // It would never boot: take it out again.
+                    esp::remove(dir, std::slice::from_ref(&name))?;
+                    Err(std::io::Error::other(format!(
+                        "the boot loader lists it after the running version and its one-shot \
+                         entry cannot be set: {e}"
+                    )))
+                }
+            }
         })
         .map_err(|e| format!("cannot install {name}: {e}"))?;
         Ok(m.version.to_string())
+    }
+
+    /// Repairs a damaged primary GPT of the boot disk from its backup (a
+    /// power cut between the two copies' writes, or a damaged disk); returns
+    /// why it was damaged when it was.
+    pub fn repair_gpt(&self) -> Result<Option<String>, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dev = self.disk_device();
+        let mut disk = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DSYNC.bits() as i32)
+            .open(&dev)
+            .map_err(|e| format!("cannot open {dev}: {e}"))?;
+        match gpt::restore_primary(&mut disk, self.sector_size()) {
+            Ok(gpt::Restored::NotNeeded) => Ok(None),
+            Ok(gpt::Restored::FromBackup { primary_error }) => {
+                disk.sync_all()
+                    .map_err(|e| format!("cannot sync {dev}: {e}"))?;
+                Ok(Some(primary_error.to_string()))
+            }
+            Err(e) => Err(format!("cannot repair the GPT of {dev}: {e}")),
+        }
     }
 
     /// Reads the ESP to fill in the running, fallback and rolled-back facts;
@@ -572,6 +776,7 @@ impl Engine {
         let entries = boot_entries::entries(&names);
         let picture = boot_entries::picture(&entries, &self.boot.version);
         let show = |v: &Option<Version>| v.as_ref().map(ToString::to_string).unwrap_or_default();
+        self.on_trial.store(picture.on_trial(), Ordering::SeqCst);
         self.update(|s| {
             s.blessed = picture
                 .running

@@ -7,15 +7,22 @@
 //! - `slots` — the two root slots of the boot disk; which one runs.
 //! - `boot_entries` — UKI names and systemd-boot's boot counting, pure.
 //! - `esp` — the EFI system partition, mounted only while it changes.
+//! - `efi_vars` — systemd-boot's EFI variables (the one-shot entry of `apply`).
+//! - `staged` — the record of a verified download on /var, so it survives a reboot.
 //! - `fetch` — streaming HTTP GETs from the update source.
 //! - `status` — the state machine and report.
 //! - `engine` — check, download into the inactive slot and prove it, apply, bless.
+//! - `health` — what a healthy node is (services, API over its socket and TLS,
+//!   network, containers), the one definition the bless waits for.
 //! - `dbus` — `org.carapace.Update1` and its client proxy.
 
 pub mod boot_entries;
 pub mod dbus;
+pub mod efi_vars;
 pub mod engine;
 pub mod esp;
 pub mod fetch;
+pub mod health;
 pub mod slots;
+pub mod staged;
 pub mod status;

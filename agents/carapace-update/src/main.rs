@@ -4,110 +4,152 @@
 //! is healthy — or asks PID 1 for a reboot when it is not healthy in time,
 //! so that systemd-boot counts the try and, when none are left, falls back.
 //!
-//! Health: the node's agents (`net`, `bus`, `api`, `update`, or the names in
-//! `CARAPACE_HEALTH_SERVICES`, comma-separated) are running as carapace-init
-//! reports them, and the API answers `GET /v1/status` on its socket — twice
-//! in a row, 2 s apart. The deadline is `CARAPACE_HEALTH_DEADLINE_S` seconds
-//! (default 180).
+//! Health is defined in one place, `carapace_update::health` (the agents
+//! run steadily, the API answers on its socket and over TCP with the node's
+//! own certificate, the NIC has an address, every declared container runs
+//! or finished as its restart policy allows); a trial version is blessed
+//! when it holds twice in a row, 2 s apart. The deadline is
+//! `CARAPACE_HEALTH_DEADLINE_S` seconds (default 180) counted from boot, so
+//! a restart of the daemon does not extend it; a blessing that fails is
+//! retried until it is done. Download and apply are refused while the
+//! running version is on trial. On SIGTERM a running download is stopped
+//! and its slot left `_empty`.
 //!
 //! Console lines (after `carapace-update: `):
 //! - `running <version> from slot <a|b>, blessed|on trial, fallback <v|none>`
+//! - `<version> is downloaded and verified: staged for apply` (a download
+//!   kept across a reboot)
 //! - `serving org.carapace.Update1`
+//! - `<version>: healthy` or `<version>: <what fails>; …` (each time it changes)
 //! - `<version> is healthy: blessed`
-//! - `<version> is not healthy after <n> s: rebooting to count the try`
+//! - `cannot bless <version> yet: <error>: trying again in 5 s`
+//! - `<version> is not healthy after <n> s (<what fails>): rebooting to count the try`
 //! - `update <version> was rolled back`
 
 use carapace_update::dbus::{Update1, Update1Signals, NAME, PATH};
 use carapace_update::engine::{Boot, Engine, Paths};
+use carapace_update::health;
 use std::sync::Arc;
 use std::time::Duration;
-
-const API_SOCKET: &str = "/run/carapace/api.sock";
-const SERVICES: &str = "/run/carapace/services.json";
 
 fn say(msg: &str) {
     println!("carapace-update: {msg}");
 }
 
-/// The agents that must run for the node to be healthy.
-const AGENTS: &str = "net,bus,api,update";
-
-/// Whether every one of `names` runs (from PID 1's services.json).
-fn services_running(text: &str, names: &str) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
-        return false;
-    };
-    let Some(list) = v.as_array() else {
-        return false;
-    };
-    names
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .all(|name| {
-            list.iter()
-                .any(|s| s["name"] == name && s["state"] == "running")
-        })
+/// Time since the machine booted (CLOCK_BOOTTIME): the health deadline is
+/// measured from boot, so a daemon that restarts does not start it over.
+fn since_boot() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
-/// Whether the API answers its status on the local socket.
-async fn api_answers() -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::UnixStream::connect(API_SOCKET).await.ok()?;
-        s.write_all(b"GET /v1/status HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .ok()?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
-    };
-    tokio::time::timeout(Duration::from_secs(5), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+/// One round of the trial watch, decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Not healthy yet, time is left: look again.
+    Wait,
+    /// Healthy twice in a row: bless (and retry the blessing until it is done).
+    Bless,
+    /// Not healthy when the deadline from boot passed: reboot to count the try.
+    GiveUp,
 }
 
-async fn healthy() -> bool {
-    let names = std::env::var("CARAPACE_HEALTH_SERVICES").unwrap_or_else(|_| AGENTS.into());
-    services_running(
-        &std::fs::read_to_string(SERVICES).unwrap_or_default(),
-        &names,
-    ) && api_answers().await
+fn verdict(healthy_in_a_row: u32, since_boot: Duration, deadline: Duration) -> Verdict {
+    if healthy_in_a_row >= 2 {
+        Verdict::Bless
+    } else if since_boot >= deadline {
+        Verdict::GiveUp
+    } else {
+        Verdict::Wait
+    }
 }
 
 /// On a trial boot: bless when healthy, or reboot when the deadline passes.
+/// A blessing that fails (the ESP cannot be written) is tried again until it
+/// is done; once healthy, the node never reboots for the deadline.
 async fn watch_trial(engine: Arc<Engine>, version: String) {
-    let deadline = std::env::var("CARAPACE_HEALTH_DEADLINE_S")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(180u64);
-    let start = tokio::time::Instant::now();
+    let deadline = Duration::from_secs(
+        std::env::var("CARAPACE_HEALTH_DEADLINE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(180u64),
+    );
+    let probes = health::Probes::from_env();
     let mut good_in_a_row = 0;
-    while start.elapsed() < Duration::from_secs(deadline) {
-        if healthy().await {
-            good_in_a_row += 1;
-            if good_in_a_row >= 2 {
+    let mut blessing = false;
+    let mut last = String::new();
+    loop {
+        if !blessing {
+            let assessment = health::assess(&probes).await;
+            if assessment.is_healthy() {
+                good_in_a_row += 1;
+            } else {
+                good_in_a_row = 0;
+            }
+            let now = assessment.to_string();
+            if now != last {
+                say(&format!("{version}: {now}"));
+                last = now;
+            }
+        }
+        match verdict(good_in_a_row, since_boot(), deadline) {
+            Verdict::Wait => {}
+            Verdict::Bless => {
+                blessing = true;
                 match engine.bless() {
-                    Ok(()) => say(&format!("{version} is healthy: blessed")),
-                    Err(e) => say(&format!("error: {e}")),
+                    Ok(()) => {
+                        say(&format!("{version} is healthy: blessed"));
+                        return;
+                    }
+                    Err(e) => say(&format!(
+                        "cannot bless {version} yet: {e}: trying again in 5 s"
+                    )),
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Verdict::GiveUp => {
+                say(&format!(
+                    "{version} is not healthy after {} s ({last}): rebooting to count the try",
+                    deadline.as_secs()
+                ));
+                if let Some(init) = rustix::process::Pid::from_raw(1) {
+                    if let Err(e) =
+                        rustix::process::kill_process(init, rustix::process::Signal::TERM)
+                    {
+                        say(&format!("error: cannot ask PID 1 to reboot: {e}"));
+                    }
                 }
                 return;
             }
-        } else {
-            good_in_a_row = 0;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    say(&format!(
-        "{version} is not healthy after {deadline} s: rebooting to count the try"
-    ));
-    if let Some(init) = rustix::process::Pid::from_raw(1) {
-        if let Err(e) = rustix::process::kill_process(init, rustix::process::Signal::TERM) {
-            say(&format!("error: cannot ask PID 1 to reboot: {e}"));
-        }
+}
+
+/// On SIGTERM (an orderly shutdown): stop a running download at its next
+/// chunk and wait, a few seconds at most, for the engine to be idle. A
+/// download stopped this way leaves its slot `_empty` (it is marked so
+/// before the first byte), and the GPT writes that give it an identity run
+/// to their end before the signal is looked at.
+async fn stop_on_sigterm(engine: Arc<Engine>) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        say("error: cannot listen for SIGTERM");
+        return;
+    };
+    term.recv().await;
+    engine.cancel_running();
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while engine.status().busy() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if engine.status().busy() {
+        say("stopping with an operation still running: its slot stays _empty");
+    }
+    std::process::exit(0);
 }
 
 /// Serves the interface on the system bus; the bus is a sibling service,
@@ -152,6 +194,11 @@ async fn serve() -> Result<(), String> {
     let version = boot.version.to_string();
     let (engine, mut changes) = Engine::new(paths, boot, &slot);
     let engine = Arc::new(engine);
+    match engine.repair_gpt() {
+        Ok(Some(why)) => say(&format!("repaired the primary GPT from its backup ({why})")),
+        Ok(None) => {}
+        Err(e) => say(&format!("error: {e}")),
+    }
     let running = match engine.survey() {
         Ok(entry) => entry,
         Err(e) => {
@@ -176,6 +223,12 @@ async fn serve() -> Result<(), String> {
     if !status.rolled_back.is_empty() {
         say(&format!("update {} was rolled back", status.rolled_back));
     }
+    match engine.restore_staged() {
+        Ok(Some(v)) => say(&format!("{v} is downloaded and verified: staged for apply")),
+        Ok(None) => {}
+        Err(e) => say(&format!("error: {e}")),
+    }
+    tokio::spawn(stop_on_sigterm(engine.clone()));
     if running.as_ref().is_some_and(|e| e.counter.is_some()) {
         tokio::spawn(watch_trial(engine.clone(), version));
     }
@@ -223,19 +276,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_agent_must_run_for_the_node_to_be_healthy() {
-        let both = r#"[{"name":"api","state":"running"},{"name":"net","state":"running"},
-                       {"name":"crasher","state":"restart-pending"}]"#;
-        assert!(services_running(both, "api,net"), "others do not count");
-        assert!(!services_running(both, "api,net,crasher"));
-        assert!(!services_running(
-            r#"[{"name":"api","state":"restart-pending"},{"name":"net","state":"running"}]"#,
-            "api,net"
-        ));
-        assert!(
-            !services_running("[]", "api"),
-            "a missing agent is not running"
+    fn the_deadline_counts_from_boot_and_health_wins_over_it() {
+        let deadline = Duration::from_secs(180);
+        let at = Duration::from_secs;
+        assert_eq!(verdict(0, at(10), deadline), Verdict::Wait);
+        assert_eq!(verdict(1, at(179), deadline), Verdict::Wait);
+        assert_eq!(verdict(0, at(180), deadline), Verdict::GiveUp);
+        assert_eq!(verdict(2, at(10), deadline), Verdict::Bless);
+        assert_eq!(
+            verdict(2, at(999), deadline),
+            Verdict::Bless,
+            "healthy past the deadline still blesses"
         );
-        assert!(!services_running("{torn", "api"));
+        // A daemon that starts late in the boot has only what is left.
+        assert!(since_boot() > Duration::ZERO);
     }
 }
