@@ -6,7 +6,7 @@
 //! `cargo xtask image --test` leaves in build/test/out/carapace.raw.
 //! Guest-side probes (src/bin) report over the console what the host cannot see.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rexpect::session::{spawn_with_options, PtySession};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -173,6 +173,70 @@ impl TestDisk {
             .filter_map(|l| l.split('/').nth(5).map(str::to_string))
             .filter(|n| !n.is_empty() && n != "." && n != "..")
             .collect())
+    }
+
+    /// Reads a file of the state partition (a path relative to /var) with
+    /// debugfs, on the host, after the node is down.
+    pub fn read_var_file(&self, path: &str) -> Result<Vec<u8>> {
+        let var = self.partition(part_type::VAR, None)?;
+        let copy = self.dir.join("var-read.ext4");
+        self.extract(&var, &copy)?;
+        let out = self.dir.join("var-read.out");
+        let _ = std::fs::remove_file(&out);
+        let run = Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump {path} {}", out.display()))
+            .arg(&copy)
+            .output()
+            .context("cannot run debugfs (package e2fsprogs)")?;
+        std::fs::remove_file(&copy)?;
+        let bytes = std::fs::read(&out).with_context(|| {
+            format!(
+                "debugfs could not dump /var{path}: {}",
+                String::from_utf8_lossy(&run.stderr)
+            )
+        })?;
+        std::fs::remove_file(&out)?;
+        Ok(bytes)
+    }
+
+    /// Replaces a file of the state partition (a path relative to /var) with
+    /// debugfs, on the host, while the node is down.
+    pub fn write_var_file(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        let var = self.partition(part_type::VAR, None)?;
+        let copy = self.dir.join("var-write.ext4");
+        self.extract(&var, &copy)?;
+        let src = self.dir.join("var-write.in");
+        std::fs::write(&src, bytes)?;
+        let run = Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(format!("rm {path}"))
+            .arg(&copy)
+            .output()
+            .context("cannot run debugfs (package e2fsprogs)")?;
+        ensure!(run.status.success(), "debugfs rm {path} failed");
+        let run = Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(format!("write {} {path}", src.display()))
+            .arg(&copy)
+            .output()
+            .context("cannot run debugfs (package e2fsprogs)")?;
+        ensure!(
+            run.status.success() && !String::from_utf8_lossy(&run.stderr).contains("rror"),
+            "debugfs write {path} failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let image = std::fs::read(&copy)?;
+        ensure!(
+            image.len() as u64 == var.size,
+            "the partition copy changed size"
+        );
+        self.write_at(var.offset, &image)?;
+        std::fs::remove_file(&copy)?;
+        std::fs::remove_file(&src)?;
+        Ok(())
     }
 
     pub fn check_var_is_clean(&self) -> Result<()> {
@@ -378,6 +442,9 @@ pub fn qemu_command(
     .arg("-drive")
     .arg(format!("file={},format=raw,if=virtio", disk.display()))
     .args(["-device", "virtio-rng-pci"])
+    // The watchdog carapace-init arms: a hung node is reset (QEMU's default
+    // watchdog action; with -no-reboot the reset ends QEMU like a reboot).
+    .args(["-device", "i6300esb"])
     .arg("-netdev")
     .arg(format!(
         "user,id=net0,hostfwd=tcp:127.0.0.1:{api_port}-:{NODE_API_PORT}{}",

@@ -150,6 +150,18 @@ fn a_new_version_is_downloaded_applied_booted_and_blessed() -> Result<()> {
         ],
     )?;
     node.ctl_ok(&ctl, &["update", "download", "--wait"])?;
+    // A reboot between download and apply loses nothing: the download is
+    // kept on /var and the slot keeps its identity.
+    node.ctl_ok(&ctl, &["reboot"])?;
+    node.wait_exit()?;
+    let mut node = disk.boot()?;
+    let (ctl, version) = ready_version(&mut node)?;
+    assert_eq!(version, "0.2.0");
+    node.wait_until("the daemon took the download back", |t| {
+        t.contains("carapace-update: 0.4.0 is downloaded and verified: staged for apply")
+    })?;
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(status["staged"], "0.4.0", "{status}");
     node.ctl_ok(&ctl, &["update", "apply"])?;
     node.ctl_ok(&ctl, &["reboot"])?;
     node.wait_exit()?;
@@ -165,6 +177,58 @@ fn a_new_version_is_downloaded_applied_booted_and_blessed() -> Result<()> {
     assert_eq!(status["fallback"], "0.2.0");
     let hostname = node.ctl_ok(&ctl, &["--output", "json", "get", "hostname"])?;
     assert_eq!(hostname.trim(), "\"updated-node\"");
+
+    // Installing the running version again is refused before anything is
+    // touched: the fallback 0.2.0 stays.
+    let again = node.run_ctl(&ctl, &["update", "download", "--force", "--wait"])?;
+    assert_ne!(
+        again.code, 0,
+        "a reinstall of the running version: {again:?}"
+    );
+    assert!(
+        again.stderr.contains("is the running version"),
+        "the refusal says why: {again:?}"
+    );
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(status["fallback"], "0.2.0", "{status}");
+
+    // A forced downgrade really boots the older version, and keeps booting
+    // it once blessed.
+    node.ctl_ok(
+        &ctl,
+        &[
+            "set",
+            &format!("updates.source={}", server.url_for_node("good/")),
+        ],
+    )?;
+    let refused = node.run_ctl(&ctl, &["update", "download", "--wait"])?;
+    assert_ne!(
+        refused.code, 0,
+        "an older version needs --force: {refused:?}"
+    );
+    node.ctl_ok(&ctl, &["update", "download", "--force", "--wait"])?;
+    node.ctl_ok(&ctl, &["update", "apply"])?;
+    node.ctl_ok(&ctl, &["reboot"])?;
+    node.wait_exit()?;
+    let mut node = disk.boot()?;
+    let (ctl, version) = ready_version(&mut node)?;
+    assert_eq!(version, "0.2.0", "the downgrade boots");
+    node.wait_until("0.2.0 blessed itself", |t| {
+        t.contains("carapace-update: 0.2.0 is healthy: blessed")
+    })?;
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(
+        (status["running"].as_str(), status["slot"].as_str()),
+        (Some("0.2.0"), Some("b"))
+    );
+    node.ctl_ok(&ctl, &["reboot"])?;
+    node.wait_exit()?;
+    let mut node = disk.boot()?;
+    let (_, version) = ready_version(&mut node)?;
+    assert_eq!(
+        version, "0.2.0",
+        "the blessed downgrade stays the version that boots"
+    );
     node.press_power_button()?;
     node.wait_exit()?;
     Ok(())
@@ -327,5 +391,53 @@ fn a_power_cut_mid_write_or_after_the_uki_leaves_a_good_version() -> Result<()> 
     assert_eq!(status["fallback"], "0.1.0", "{status}");
     node.press_power_button()?;
     node.wait_exit()?;
+    Ok(())
+}
+
+#[test]
+fn settings_written_by_a_newer_version_keep_working_and_keep_their_unknown_fields() -> Result<()> {
+    // What a newer version (one that added settings) left on /var after a
+    // rollback: fields this version does not know, at the top, inside the
+    // API's settings and inside a container.
+    let disk = TestDisk::fresh("update-newer-settings")?;
+    let mut node = disk.boot_with_user_data(&format!(
+        "hostname = \"newer-node\"\n[api]\ntoken = \"{TOKEN}\"\n[ntp]\nservers = [\"10.0.2.2\"]\n\
+         [containers.web]\nimage = \"10.0.2.2:5000/team/web:1\"\nenabled = false\n"
+    ))?;
+    node.wait_ready()?;
+    node.wait_api_reachable()?;
+    node.press_power_button()?;
+    node.wait_exit()?;
+    let path = "/lib/carapace/settings.json";
+    let mut settings: Value = serde_json::from_slice(&disk.read_var_file(path)?)?;
+    settings["from_the_future"] = serde_json::json!({"level": 3});
+    settings["api"]["future_rate_limit"] = serde_json::json!(100);
+    settings["containers"]["web"]["future_sandbox"] = serde_json::json!("strict");
+    disk.write_var_file(path, &serde_json::to_vec_pretty(&settings)?)?;
+
+    let mut node = disk.boot()?;
+    let ready = node.wait_ready()?;
+    assert_eq!(ready.version, "0.1.0");
+    let fingerprint = node.wait_api_reachable()?;
+    let ctl = node.ctl(&fingerprint, Some(TOKEN));
+    // The token still opens the API: the settings were not replaced by defaults.
+    let hostname = node.ctl_ok(&ctl, &["--output", "json", "get", "hostname"])?;
+    assert_eq!(hostname.trim(), "\"newer-node\"");
+    let servers = node.ctl_ok(&ctl, &["--output", "json", "get", "ntp"])?;
+    assert!(servers.contains("10.0.2.2"), "{servers}");
+    let web = node.ctl_ok(&ctl, &["--output", "json", "get", "containers"])?;
+    assert!(web.contains("team/web:1"), "{web}");
+    // A commit writes the unknown fields back where they were.
+    node.ctl_ok(&ctl, &["set", "hostname=older-node"])?;
+    node.press_power_button()?;
+    node.wait_exit()?;
+    let after: Value = serde_json::from_slice(&disk.read_var_file(path)?)?;
+    assert_eq!(after["hostname"], "older-node", "{after}");
+    assert_eq!(after["from_the_future"]["level"], 3, "{after}");
+    assert_eq!(after["api"]["future_rate_limit"], 100, "{after}");
+    assert_eq!(
+        after["containers"]["web"]["future_sandbox"], "strict",
+        "{after}"
+    );
     Ok(())
 }

@@ -13,13 +13,40 @@ use std::path::{Path, PathBuf};
 /// Which image: the release image, the test image that adds guest-side
 /// probes (never shipped), or the test image as a later version for the
 /// update tests: another version number, a marker file that says which
-/// (`/usr/lib/carapace/test/release`), and — when `broken` — an API service
-/// that never answers, so the version never becomes healthy.
+/// (`/usr/lib/carapace/test/release`), and possibly a [`Fault`] that keeps
+/// the version from ever becoming healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     Release,
     Test,
-    TestUpdate { version: &'static str, broken: bool },
+    TestUpdate {
+        version: &'static str,
+        fault: Option<Fault>,
+    },
+}
+
+/// How a test version fails its trial boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Its API service is the crasher: the API never answers.
+    ApiNeverAnswers,
+    /// Its stage 2 (`/usr/lib/carapace/carapace-init` on the root) is a
+    /// program that stands still: PID 1 hangs before `ready`, and only the
+    /// watchdog stage 1 armed resets the machine.
+    Pid1Hangs,
+    /// Its network agent is a program that stands still: every agent runs,
+    /// the API answers, but the NIC never gets an address.
+    NicNeverUp,
+}
+
+impl Fault {
+    fn slug(self) -> &'static str {
+        match self {
+            Fault::ApiNeverAnswers => "broken",
+            Fault::Pid1Hangs => "hang",
+            Fault::NicNeverUp => "no-nic",
+        }
+    }
 }
 
 impl Variant {
@@ -29,12 +56,12 @@ impl Variant {
             Variant::Test => "test".into(),
             Variant::TestUpdate {
                 version,
-                broken: false,
+                fault: None,
             } => format!("test-{version}"),
             Variant::TestUpdate {
                 version,
-                broken: true,
-            } => format!("test-{version}-broken"),
+                fault: Some(fault),
+            } => format!("test-{version}-{}", fault.slug()),
         }
     }
 
@@ -76,6 +103,7 @@ const TEST_BINS: &[(&str, &str)] = &[
     ("qemu-tests", "carapace-test-checker"),
     ("qemu-tests", "carapace-test-crasher"),
     ("qemu-tests", "carapace-test-dbus"),
+    ("qemu-tests", "carapace-test-idle"),
 ];
 
 /// Builds (or reuses) the image of `variant`.
@@ -108,10 +136,15 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
         let name = bin.file_name().context("binary has a name")?;
         copy_exec(bin, &lib.join(name))?;
     }
-    let manifest = match variant {
-        Variant::Release => "services.toml",
-        Variant::Test | Variant::TestUpdate { broken: false, .. } => "services-test.toml",
-        Variant::TestUpdate { broken: true, .. } => "services-test-broken.toml",
+    let fault = match variant {
+        Variant::TestUpdate { fault, .. } => fault,
+        _ => None,
+    };
+    let manifest = match (variant, fault) {
+        (Variant::Release, _) => "services.toml",
+        (_, Some(Fault::ApiNeverAnswers)) => "services-test-broken.toml",
+        (_, Some(Fault::NicNeverUp)) => "services-test-no-nic.toml",
+        _ => "services-test.toml",
     };
     std::fs::copy(root.join("image").join(manifest), lib.join("services.toml"))
         .with_context(|| format!("cannot copy image/{manifest}"))?;
@@ -125,6 +158,13 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
             copy_exec(bin, &lib.join("test").join(name))?;
         }
         std::fs::write(lib.join("test/release"), format!("{version}\n"))?;
+    }
+    if fault == Some(Fault::Pid1Hangs) {
+        // Stage 1 (in the initrd) is the real one; what it execs is not.
+        copy_exec(
+            &lib.join("test/carapace-test-idle"),
+            &lib.join("carapace-init"),
+        )?;
     }
     let mut os_release = std::fs::read_to_string(root.join("image/os-release"))?;
     os_release.push_str(&format!("VERSION_ID={version}\n"));

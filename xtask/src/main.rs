@@ -175,37 +175,25 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
 
 /// The update sources the update tests download from: `good/` offers the
 /// test image as version 0.2.0 (with a changed file), `next/` as 0.4.0 (the
-/// update after that, back into the first slot), `broken/` a version 0.3.0
-/// whose API never answers.
+/// update after that, back into the first slot), and three versions that
+/// never become healthy: `broken/` 0.3.0 (its API never answers), `hang/`
+/// 0.3.1 (its PID 1 hangs before `ready`) and `no-nic/` 0.3.2 (its NIC never
+/// gets an address).
 pub(crate) fn update_sources(root: &Path) -> Result<PathBuf> {
+    use image::{Fault, Variant};
     let sources = root.join("build/updates");
     if sources.exists() {
         std::fs::remove_dir_all(&sources)?;
     }
     let keys = root.join("keys");
-    for (dir, variant) in [
-        (
-            "good",
-            image::Variant::TestUpdate {
-                version: "0.2.0",
-                broken: false,
-            },
-        ),
-        (
-            "next",
-            image::Variant::TestUpdate {
-                version: "0.4.0",
-                broken: false,
-            },
-        ),
-        (
-            "broken",
-            image::Variant::TestUpdate {
-                version: "0.3.0",
-                broken: true,
-            },
-        ),
+    for (dir, version, fault) in [
+        ("good", "0.2.0", None),
+        ("next", "0.4.0", None),
+        ("broken", "0.3.0", Some(Fault::ApiNeverAnswers)),
+        ("hang", "0.3.1", Some(Fault::Pid1Hangs)),
+        ("no-nic", "0.3.2", Some(Fault::NicNeverUp)),
     ] {
+        let variant = Variant::TestUpdate { version, fault };
         let img = image::build(root, variant)?;
         let version = variant.version();
         let uki = img.out_dir.join("carapace.efi");

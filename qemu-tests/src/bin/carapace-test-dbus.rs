@@ -6,6 +6,9 @@
 //!   called as root, answers;
 //! - `dbus-probe: as uid 65534: refused: <error>` — the same call from an
 //!   unprivileged process is refused (or `… ALLOWED`, which a test rejects);
+//! - `dbus-probe: on trial: download refused: <error>` and `… apply refused:
+//!   <error>` — when the running version is not blessed, both are tried as
+//!   root and must be refused (`… ALLOWED`, which a test rejects);
 //! - `dbus-probe: signal state=<state>` — each StateChanged signal whose state
 //!   differs from the one before, for as long as the node runs.
 
@@ -82,6 +85,16 @@ async fn as_root() -> Result<(), String> {
         "as root: running={} slot={} state={}",
         s.running, s.slot, s.state
     ));
+    if !s.blessed {
+        match p.download(false).await {
+            Ok(()) => say("on trial: download ALLOWED"),
+            Err(e) => say(&format!("on trial: download refused: {e}")),
+        }
+        match p.apply().await {
+            Ok(v) => say(&format!("on trial: apply ALLOWED: {v}")),
+            Err(e) => say(&format!("on trial: apply refused: {e}")),
+        }
+    }
 
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     match std::process::Command::new(me)
