@@ -925,16 +925,19 @@ fn serve_file(
             if stream.write_all(head.as_bytes()).is_err() {
                 return;
             }
-            // Paced: a tenth of the rate every 100 ms.
-            let chunk = bytes_per_second.map_or(body.len().max(1), |r| (r as usize / 10).max(1));
+            // Paced: a tenth of the rate every 100 ms; under 10 bytes a
+            // second, one byte at a time (a server that trickles).
+            let (chunk, pause) = match bytes_per_second {
+                None => (body.len().max(1), Duration::ZERO),
+                Some(r) if r < 10 => (1, Duration::from_millis(1000 / r.max(1))),
+                Some(r) => ((r as usize / 10).max(1), Duration::from_millis(100)),
+            };
             for piece in body.chunks(chunk) {
                 if stream.write_all(piece).is_err() {
                     return;
                 }
                 sent.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::SeqCst);
-                if bytes_per_second.is_some() {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                std::thread::sleep(pause);
             }
         }
         _ => {

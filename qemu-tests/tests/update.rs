@@ -333,6 +333,42 @@ fn tampered_unsigned_and_truncated_bundles_are_refused() -> Result<()> {
         let apply = node.run_ctl(&ctl, &["update", "apply"])?;
         assert_eq!(apply.code, 1, "{case}: nothing to apply: {apply:?}");
     }
+    // Stale or unsigned metadata, and a server that trickles: each refused
+    // with its own error in `update status`, and nothing staged.
+    copy_dir(&good, &work.join("unsigned-index"))?;
+    std::fs::remove_file(work.join("unsigned-index/index.json.sig"))?;
+    let expired = FileServer::start(&update_sources().join("expired"))?;
+    let trickle = FileServer::start_paced(&good, Some(2))?;
+    for (case, url, expected) in [
+        (
+            "unsigned index",
+            server.url_for_node("unsigned-index/"),
+            "index.json is not signed by the update key",
+        ),
+        (
+            "expired index",
+            expired.url_for_node(""),
+            "index.json expired at",
+        ),
+        (
+            "trickling server",
+            trickle.url_for_node(""),
+            "index.json: the download did not finish within",
+        ),
+    ] {
+        node.ctl_ok(&ctl, &["set", &format!("updates.source={url}")])?;
+        let out = node.run_ctl(&ctl, &["update", "download", "--wait"])?;
+        assert_ne!(out.code, 0, "{case}: {out:?}");
+        let status = update_status(&mut node, &ctl)?;
+        assert!(
+            status["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(expected)),
+            "{case}: update status says {expected}: {status}"
+        );
+        assert_eq!(status["staged"], "", "{case}: nothing staged");
+    }
+
     // Nothing became bootable: the next boot is the same version.
     node.ctl_ok(&ctl, &["reboot"])?;
     node.wait_exit()?;

@@ -711,6 +711,29 @@ fn add_to_index(
     Ok(index)
 }
 
+/// Signs `source_dir`'s index again, keeping its versions and floor, with
+/// an expiry `expires_in` seconds from now (negative: expired already):
+/// what the update tests serve as a stale or replayed index.
+pub fn resign_index(source_dir: &Path, key_dir: &Path, expires_in: i64) -> Result<()> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    let key = load_signing_key(key_dir)?;
+    let path = source_dir.join(carapace_bundle::INDEX_FILE);
+    let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut index = read_index(&bytes).with_context(|| format!("{}", path.display()))?;
+    index.expires = u64::try_from((i128::from(now) + i128::from(expires_in)).max(1))?;
+    let bytes = index.to_bytes()?;
+    let signature = key.sign(&bytes).to_text();
+    write_atomically(&path, &bytes, 0o644)?;
+    write_atomically(
+        &source_dir.join(carapace_bundle::INDEX_SIGNATURE_FILE),
+        signature.as_bytes(),
+        0o644,
+    )
+}
+
 /// The index this tool wrote before (it is not checked: the release
 /// builder trusts its own output), also of the old unsigned format 1,
 /// whose versions are kept.

@@ -178,7 +178,8 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
 /// update after that, back into the first slot), and three versions that
 /// never become healthy: `broken/` 0.3.0 (its API never answers), `hang/`
 /// 0.3.1 (its PID 1 hangs before `ready`) and `no-nic/` 0.3.2 (its NIC never
-/// gets an address).
+/// gets an address); `expired/` is `good/` with an index whose signed expiry
+/// has passed.
 pub(crate) fn update_sources(root: &Path) -> Result<PathBuf> {
     use image::{Fault, Variant};
     let sources = root.join("build/updates");
@@ -199,5 +200,8 @@ pub(crate) fn update_sources(root: &Path) -> Result<PathBuf> {
         let uki = img.out_dir.join("carapace.efi");
         bundle::bundle(&img.disk, &uki, &version, &keys, &sources.join(dir))?;
     }
+    // `expired/`: `good/` with its index signed again, expired an hour ago.
+    duct::cmd!("cp", "-a", sources.join("good"), sources.join("expired")).run()?;
+    bundle::resign_index(&sources.join("expired"), &keys, -3600)?;
     Ok(sources)
 }
