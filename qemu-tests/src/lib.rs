@@ -838,6 +838,8 @@ pub struct FileServer {
     pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// Bytes of file bodies sent so far, over all requests.
     pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// `http` or `https`.
+    scheme: &'static str,
 }
 
 impl FileServer {
@@ -870,12 +872,65 @@ impl FileServer {
             port,
             requests,
             sent,
+            scheme: "http",
         })
+    }
+
+    /// Serves the files under `root` over HTTPS, with a certificate for the
+    /// node's view of the host (10.0.2.2) issued by a CA made for this
+    /// server alone; returns the server and that CA's certificate in PEM
+    /// (what a node needs in `updates.ca` to trust it).
+    pub fn start_https(root: &Path) -> Result<(FileServer, String)> {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "carapace test update CA");
+        let ca_key = rcgen::KeyPair::generate()?;
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+        let leaf_key = rcgen::KeyPair::generate()?;
+        let leaf = rcgen::CertificateParams::new(vec!["10.0.2.2".to_string()])?
+            .signed_by(&leaf_key, &ca)?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )?;
+        let config = std::sync::Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (seen, counter, root) = (requests.clone(), sent.clone(), root.to_path_buf());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let (root, seen, counter, config) =
+                    (root.clone(), seen.clone(), counter.clone(), config.clone());
+                std::thread::spawn(move || {
+                    if let Ok(conn) = rustls::ServerConnection::new(config) {
+                        let tls = rustls::StreamOwned::new(conn, tcp);
+                        serve_file(tls, &root, &seen, &counter, None);
+                    }
+                });
+            }
+        });
+        Ok((
+            FileServer {
+                port,
+                requests,
+                sent,
+                scheme: "https",
+            },
+            ca.pem(),
+        ))
     }
 
     /// The source URL as the node sees it.
     pub fn url_for_node(&self, dir: &str) -> String {
-        format!("http://10.0.2.2:{}/{dir}", self.port)
+        format!("{}://10.0.2.2:{}/{dir}", self.scheme, self.port)
     }
 
     /// Bytes of file bodies sent so far.
@@ -884,31 +939,24 @@ impl FileServer {
     }
 }
 
-fn serve_file(
-    mut stream: std::net::TcpStream,
+fn serve_file<S: Read + Write>(
+    mut stream: S,
     root: &Path,
     seen: &std::sync::Mutex<Vec<String>>,
     sent: &std::sync::atomic::AtomicU64,
     bytes_per_second: Option<u64>,
 ) {
-    use std::io::BufRead;
-    let Ok(clone) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = std::io::BufReader::new(clone);
-    let mut first = String::new();
-    if reader.read_line(&mut first).is_err() {
-        return;
-    }
-    // Skip the headers.
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) if line == "\r\n" || line == "\n" => break,
-            Ok(_) => {}
+    // The request head, byte by byte up to its blank line (GET has no body).
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && !head.ends_with(b"\n\n") {
+        match stream.read(&mut byte) {
+            Ok(1) if head.len() < 16 * 1024 => head.push(byte[0]),
+            _ => return,
         }
     }
+    let head = String::from_utf8_lossy(&head);
+    let first = head.lines().next().unwrap_or("");
     let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
     if let Ok(mut s) = seen.lock() {
         s.push(path.clone());

@@ -369,6 +369,22 @@ fn tampered_unsigned_and_truncated_bundles_are_refused() -> Result<()> {
         assert_eq!(status["staged"], "", "{case}: nothing staged");
     }
 
+    // An https:// source: refused until its CA is in the settings.
+    let (https, ca) = FileServer::start_https(&update_sources())?;
+    node.ctl_ok(
+        &ctl,
+        &[
+            "set",
+            &format!("updates.source={}", https.url_for_node("good/")),
+        ],
+    )?;
+    let out = node.run_ctl(&ctl, &["update", "check"])?;
+    assert_ne!(out.code, 0, "an unknown CA: {out:?}");
+    assert!(out.stderr.contains("invalid peer certificate"), "{out:?}");
+    node.ctl_ok(&ctl, &["set", &format!("updates.ca={ca}")])?;
+    let out = node.ctl_ok(&ctl, &["update", "check"])?;
+    assert!(out.contains("0.2.0 is available"), "over https: {out}");
+
     // Nothing became bootable: the next boot is the same version.
     node.ctl_ok(&ctl, &["reboot"])?;
     node.wait_exit()?;
