@@ -138,19 +138,14 @@ fn a_trial_whose_stage_1_cannot_verify_its_root_reboots_until_the_fallback_boots
 fn a_trial_whose_pid_1_hangs_is_reset_by_the_watchdog_until_the_fallback_boots() -> Result<()> {
     let server = FileServer::start(&update_sources())?;
     let disk = install("rollback-hang", &server, "hang/")?;
-    let (node, tries) = boot_until_fallback(
-        &disk,
-        "0.3.1",
-        Some("carapace-init standing still"),
-        |node| {
-            ensure!(
-                node.transcript.contains("carapace: watchdog "),
-                "stage 1 armed the watchdog:\n{}",
-                node.transcript
-            );
-            Ok(())
-        },
-    )?;
+    let (node, tries) = boot_until_fallback(&disk, "0.3.1", Some("standing still"), |node| {
+        ensure!(
+            node.transcript.contains("carapace: watchdog "),
+            "stage 1 armed the watchdog:\n{}",
+            node.transcript
+        );
+        Ok(())
+    })?;
     assert_eq!(tries, 3, "systemd-boot gave 0.3.1 its 3 tries");
     check_rolled_back(node, "0.3.1")
 }

@@ -493,3 +493,43 @@ fn settings_written_by_a_newer_version_keep_working_and_keep_their_unknown_field
     );
     Ok(())
 }
+
+#[test]
+fn a_power_cut_between_the_gpt_copies_keeps_the_old_version_and_drops_the_download() -> Result<()> {
+    let server = FileServer::start(&update_sources())?;
+    let disk = TestDisk::fresh("update-gpt-cut")?;
+    // The primary GPT (header and entries) as built, before the download.
+    let primary = disk.read_at(512, 33 * 512)?;
+    let mut node = disk.boot_with_user_data(&user_data(&server.url_for_node("good/")))?;
+    let ctl = reach(&mut node)?;
+    node.ctl_ok(&ctl, &["update", "download", "--wait"])?;
+    node.press_power_button()?;
+    node.wait_exit()?;
+    // As if the power went when the backup copy had the new identity and
+    // the primary copy did not yet: both copies are whole, and differ.
+    disk.write_at(512, &primary)?;
+
+    let mut node = disk.boot()?;
+    let (ctl, version) = ready_version(&mut node)?;
+    assert_eq!(version, "0.1.0", "the running slot was never touched");
+    node.wait_until("the daemon dropped the download", |t| {
+        t.contains("dropped the staged download")
+    })?;
+    let status = update_status(&mut node, &ctl)?;
+    assert_eq!(status["staged"], "", "{status}");
+    assert_eq!(status["blessed"], true, "{status}");
+    // The slot is written again from the start, and the version boots.
+    node.ctl_ok(&ctl, &["update", "download", "--wait"])?;
+    node.ctl_ok(&ctl, &["update", "apply"])?;
+    node.ctl_ok(&ctl, &["reboot"])?;
+    node.wait_exit()?;
+    let mut node = disk.boot()?;
+    let (_, version) = ready_version(&mut node)?;
+    assert_eq!(version, "0.2.0");
+    node.wait_until("0.2.0 blessed itself", |t| {
+        t.contains("carapace-update: 0.2.0 is healthy: blessed")
+    })?;
+    node.press_power_button()?;
+    node.wait_exit()?;
+    Ok(())
+}

@@ -4,12 +4,16 @@
 //! the CLI over the forwarded port, from a file server on the host), as the
 //! operator sees it and as the daemon reports its own write and verify
 //! steps; the time from the reboot request to the new version blessing
-//! itself; and, on the host, the throughput of our verity verifier against
-//! `veritysetup verify` on the same root and hash tree.
+//! itself; on the host, the throughput of our verity verifier against
+//! `veritysetup verify` on the same root and hash tree; and what a failed
+//! trial costs: a version whose stage 1 cannot verify its root, and one
+//! whose PID 1 hangs (reset by the watchdog), each timed from its failure
+//! to the machine restarting and from its last failure to the fallback's
+//! ready line.
 
 use crate::image::{self, Variant};
 use anyhow::{bail, Context, Result};
-use qemu_tests::{FileServer, Node, TestDisk};
+use qemu_tests::{part_type, FileServer, Node, TestDisk};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -171,9 +175,97 @@ pub fn update(root: &Path) -> Result<()> {
     ));
     node.press_power_button()?;
     node.wait_exit()?;
+    report.push_str(&failed_trial(&img.disk, &server, Fault::Stage1)?);
+    report.push_str(&failed_trial(&img.disk, &server, Fault::Hang)?);
     print!("{report}");
     std::fs::write(root.join("build/bench-update.txt"), &report)?;
     Ok(())
+}
+
+/// How the measured trial fails.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// 0.2.0 with its verity superblock zeroed: stage 1 fails and reboots.
+    Stage1,
+    /// 0.3.1, whose PID 1 hangs: the watchdog resets the machine.
+    Hang,
+}
+
+/// Installs a version that fails its trial, lets it fail until systemd-boot
+/// falls back, and reports the times of each step.
+fn failed_trial(image: &Path, server: &FileServer, fault: Fault) -> Result<String> {
+    let (dir, bad, marker, what) = match fault {
+        Fault::Stage1 => (
+            "good/",
+            "0.2.0",
+            "carapace: boot failed:",
+            "stage 1 cannot verify the root",
+        ),
+        Fault::Hang => (
+            "hang/",
+            "0.3.1",
+            "standing still",
+            "PID 1 hangs, the watchdog resets",
+        ),
+    };
+    let disk = TestDisk::copy_of(image, "bench-rollback")?;
+    let mut node = disk.boot_with_user_data(&format!(
+        "[api]\ntoken = \"{TOKEN}\"\n[updates]\nsource = \"{}\"\n",
+        server.url_for_node(dir)
+    ))?;
+    node.wait_ready()?;
+    let fingerprint = node.wait_api_reachable()?;
+    node.wait_until("the update daemon serves D-Bus", |t| {
+        t.contains("carapace-update: serving org.carapace.Update1")
+    })?;
+    let ctl = node.ctl(&fingerprint, Some(TOKEN));
+    node.ctl_ok(&ctl, &["update", "download", "--wait"])?;
+    node.ctl_ok(&ctl, &["update", "apply"])?;
+    node.press_power_button()?;
+    node.wait_exit()?;
+    if fault == Fault::Stage1 {
+        let verity = disk.partition(
+            part_type::ROOT_VERITY_X86_64,
+            Some(&format!("carapace_{bad}_verity")),
+        )?;
+        disk.write_at(verity.offset, &[0u8; 4096])?;
+    }
+    let mut out = format!("  a failed trial of {bad} ({what}), rolled back by the boot loader:\n");
+    let all = Instant::now();
+    let mut last_failure = None;
+    for attempt in 1..=4 {
+        let start = Instant::now();
+        let mut node = disk.boot()?;
+        node.wait_until("the boot fails or is ready", |t| {
+            t.contains(marker) || t.contains("carapace: ready ")
+        })?;
+        if node.transcript.contains("carapace: ready ") {
+            let ready = node.wait_ready();
+            let version = ready.map(|r| r.version).unwrap_or_default();
+            if version != "0.1.0" {
+                bail!("try {attempt} booted {version}, not the fallback 0.1.0");
+            }
+            let since_failure = last_failure.map_or(0, |t: Instant| t.elapsed().as_millis());
+            out.push_str(&format!(
+                "    last failure to the fallback's ready line: {since_failure} ms (firmware, kernel, 0.1.0 up to ready)\n    \
+                 first trial boot to the fallback's ready line: {} ms ({} failed tries)\n",
+                all.elapsed().as_millis(),
+                attempt - 1
+            ));
+            node.press_power_button()?;
+            node.wait_exit()?;
+            return Ok(out);
+        }
+        let failed = Instant::now();
+        node.wait_exit()?;
+        out.push_str(&format!(
+            "    try {attempt}: boot to failure {} ms, failure to restart {} ms\n",
+            (failed - start).as_millis(),
+            failed.elapsed().as_millis()
+        ));
+        last_failure = Some(failed);
+    }
+    bail!("{bad} was tried more than 3 times")
 }
 
 #[cfg(test)]

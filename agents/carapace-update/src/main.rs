@@ -89,11 +89,12 @@ async fn watch_trial(engine: Arc<Engine>, version: String) {
             } else {
                 good_in_a_row = 0;
             }
+            // Said when what fails changes, not when only its numbers do.
             let now = assessment.to_string();
-            if now != last {
+            if shape(&now) != shape(&last) {
                 say(&format!("{version}: {now}"));
-                last = now;
             }
+            last = now;
         }
         match verdict(good_in_a_row, since_boot(), deadline) {
             Verdict::Wait => {}
@@ -127,6 +128,12 @@ async fn watch_trial(engine: Arc<Engine>, version: String) {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// An assessment without its numbers (seconds running, restarts): what
+/// fails, for deciding whether to say it again.
+fn shape(assessment: &str) -> String {
+    assessment.chars().filter(|c| !c.is_ascii_digit()).collect()
 }
 
 /// On SIGTERM (an orderly shutdown): stop a running download at its next
