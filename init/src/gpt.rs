@@ -649,8 +649,9 @@ impl TableCopy {
 ///   being rewritten, the primary still holds the old, valid table, so a
 ///   power cut then leaves the disk booting as before (the firmware and the
 ///   kernel repair or ignore a bad backup). A cut after the backup and
-///   before the primary leaves two valid tables, the old one first, and
-///   the call can simply be repeated. Only a cut in the middle of the
+///   before the primary leaves two valid tables, the old one first; this
+///   function refuses such a disk until [`sync_backup`] has made the backup
+///   a copy of the primary again, and can then be repeated. Only a cut in the middle of the
 ///   primary's two small writes leaves a corrupt primary; the backup then
 ///   holds the complete new table, which the kernel and our stage 1
 ///   ([`read_with_fallback`]) read instead, and from which
@@ -979,6 +980,81 @@ pub fn restore_primary<D: Read + Write + Seek>(
         ));
     }
     Ok(Restored::FromBackup { primary_error })
+}
+
+/// Makes the backup GPT of `disk` a copy of its sound primary again, for
+/// the update daemon at start: after a power cut between the two copies'
+/// writes of [`set_partition_identity`] both copies are whole but differ
+/// (the backup already new, the primary still old), and that function
+/// refuses such a disk. The primary is what the firmware, the kernel and
+/// stage 1 booted from, so it wins. Returns whether anything was written
+/// (nothing when the copies agree). Refuses when the primary is not sound:
+/// [`restore_primary`] is for that case.
+///
+/// Writes the primary's entry array where the backup's goes (just before
+/// the backup header, at the primary's alternate LBA), then the backup
+/// header built from the primary's with the two LBAs swapped and both CRCs
+/// recomputed; each write is followed by `flush` (a barrier with `O_DSYNC`).
+/// The header comes last, so a cut between them leaves a backup that fails
+/// its CRC, and the call can be repeated. The backup is read back.
+pub fn sync_backup<D: Read + Write + Seek>(
+    disk: &mut D,
+    sector_size: u64,
+) -> Result<bool, RestoreError> {
+    let ss = match sector_size {
+        512 => 512usize,
+        4096 => 4096usize,
+        _ => return Err(RestoreError::SectorSize(sector_size)),
+    };
+    let primary = TableCopy::read(disk, ss, 1).map_err(RestoreError::NoGoodCopy)?;
+    let alternate = primary.header.alternate_lba;
+    let (_, len) = primary.header.entries_span();
+    let sectors = (len as u64).div_ceil(ss as u64);
+    let entries_lba = alternate.saturating_sub(sectors);
+    if entries_lba <= primary.header.last_usable_lba {
+        return Err(RestoreError::NoRoom {
+            sectors,
+            first_usable: primary.header.first_usable_lba,
+        });
+    }
+    if let Ok(backup) = TableCopy::read(disk, ss, alternate) {
+        let same_place = backup.header.alternate_lba == 1;
+        if same_place && backup.entries == primary.entries {
+            return Ok(false);
+        }
+    }
+    let mut sector = primary.sector.clone();
+    let size = le32(&sector, 12) as usize;
+    sector[24..32].copy_from_slice(&alternate.to_le_bytes());
+    sector[32..40].copy_from_slice(&1u64.to_le_bytes());
+    sector[72..80].copy_from_slice(&entries_lba.to_le_bytes());
+    sector[16..20].fill(0);
+    let crc = crc32(&sector[..size]);
+    sector[16..20].copy_from_slice(&crc.to_le_bytes());
+    let write = |disk: &mut D, offset: u64, bytes: &[u8]| {
+        write_at(disk, offset, bytes).map_err(|e| match e {
+            IdentityError::Write {
+                offset,
+                len,
+                reason,
+            } => RestoreError::Write {
+                offset,
+                len,
+                reason,
+            },
+            other => RestoreError::ReadBack(other.to_string()),
+        })
+    };
+    write(disk, entries_lba * ss as u64, &primary.entries)?;
+    write(disk, alternate * ss as u64, &sector)?;
+    let back = TableCopy::read(disk, ss, alternate)
+        .map_err(|e| RestoreError::ReadBack(format!("the backup: {e}")))?;
+    if back.partitions != primary.partitions {
+        return Err(RestoreError::ReadBack(
+            "the backup's partitions differ from the primary's".into(),
+        ));
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -1828,6 +1904,40 @@ type=4D21B016-B534-45C2-A9FB-5C16E091FD2D, uuid=11111111-2222-4333-8444-55555555
             torn_then_restored(&disk.0, 512, tear, why, what);
             sfdisk_verifies(&disk.0);
         }
+    }
+
+    #[test]
+    fn a_cut_between_the_two_copies_is_mended_from_the_primary() {
+        let disk = make_disk();
+        let before = std::fs::read(&disk.0).expect("read");
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk.0)
+            .expect("open");
+        assert_eq!(sync_backup(&mut f, 512), Ok(false), "the copies agree");
+        set_partition_identity(&mut f, 512, 4, Guid([0x42; 16]), "carapace_0.2.0").expect("set");
+        // The cut: the backup has the new identity, the primary the old one.
+        let mut now = std::fs::read(&disk.0).expect("read");
+        now[512..34 * 512].copy_from_slice(&before[512..34 * 512]);
+        std::fs::write(&disk.0, &now).expect("write");
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk.0)
+            .expect("open");
+        assert!(
+            set_partition_identity(&mut f, 512, 4, Guid([0x43; 16]), "_empty").is_err(),
+            "two whole copies that differ are refused"
+        );
+        assert_eq!(sync_backup(&mut f, 512), Ok(true));
+        assert_eq!(
+            std::fs::read(&disk.0).expect("read"),
+            before,
+            "the disk is as it was before the change"
+        );
+        set_partition_identity(&mut f, 512, 4, Guid([0x43; 16]), "_empty").expect("writable again");
+        sfdisk_verifies(&disk.0);
     }
 
     #[test]

@@ -744,9 +744,11 @@ impl Engine {
         Ok(m.version.to_string())
     }
 
-    /// Repairs a damaged primary GPT of the boot disk from its backup (a
-    /// power cut between the two copies' writes, or a damaged disk); returns
-    /// why it was damaged when it was.
+    /// Mends the boot disk's GPT after a power cut between the writes of
+    /// its two copies (or a damaged disk): a damaged primary is restored
+    /// from the backup; a whole backup that differs from the whole primary
+    /// becomes its copy again (the primary is what booted). Returns what
+    /// was mended, if anything.
     pub fn repair_gpt(&self) -> Result<Option<String>, String> {
         use std::os::unix::fs::OpenOptionsExt;
         let dev = self.disk_device();
@@ -756,15 +758,22 @@ impl Engine {
             .custom_flags(rustix::fs::OFlags::DSYNC.bits() as i32)
             .open(&dev)
             .map_err(|e| format!("cannot open {dev}: {e}"))?;
-        match gpt::restore_primary(&mut disk, self.sector_size()) {
-            Ok(gpt::Restored::NotNeeded) => Ok(None),
-            Ok(gpt::Restored::FromBackup { primary_error }) => {
-                disk.sync_all()
-                    .map_err(|e| format!("cannot sync {dev}: {e}"))?;
-                Ok(Some(primary_error.to_string()))
-            }
-            Err(e) => Err(format!("cannot repair the GPT of {dev}: {e}")),
-        }
+        let mended = match gpt::restore_primary(&mut disk, self.sector_size()) {
+            Ok(gpt::Restored::NotNeeded) => None,
+            Ok(gpt::Restored::FromBackup { primary_error }) => Some(format!(
+                "restored the primary GPT from its backup ({primary_error})"
+            )),
+            Err(e) => return Err(format!("cannot repair the GPT of {dev}: {e}")),
+        };
+        let synced = gpt::sync_backup(&mut disk, self.sector_size())
+            .map_err(|e| format!("cannot make the backup GPT of {dev} agree: {e}"))?;
+        disk.sync_all()
+            .map_err(|e| format!("cannot sync {dev}: {e}"))?;
+        Ok(mended.or(synced.then(|| {
+            "rewrote the backup GPT, which differed from the primary (a cut between the two \
+             copies' writes)"
+                .to_string()
+        })))
     }
 
     /// Reads the ESP to fill in the running, fallback and rolled-back facts;

@@ -202,7 +202,7 @@ async fn serve() -> Result<(), String> {
     let (engine, mut changes) = Engine::new(paths, boot, &slot);
     let engine = Arc::new(engine);
     match engine.repair_gpt() {
-        Ok(Some(why)) => say(&format!("repaired the primary GPT from its backup ({why})")),
+        Ok(Some(what)) => say(&what),
         Ok(None) => {}
         Err(e) => say(&format!("error: {e}")),
     }
