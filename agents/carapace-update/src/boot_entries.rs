@@ -379,4 +379,18 @@ mod tests {
         let all = entries(&["carapace_0.2.0.efi", "carapace_0.3.0+3.efi"]);
         assert_eq!(picture(&all, &v("0.2.0")).rolled_back, None);
     }
+
+    #[test]
+    fn a_release_blessed_after_its_pre_release_is_what_boots_next() {
+        // Semantic versioning calls 1.0.0 an update of 1.0.0-rc.1; the boot
+        // loader sorts the pre-release first. The one-shot entry gives 1.0.0
+        // its try, and its blessing removes what the loader would prefer.
+        let applied = entries(&["carapace_1.0.0-rc.1.efi", "carapace_1.0.0+3.efi"]);
+        assert_eq!(applied[0].file_name, "carapace_1.0.0-rc.1.efi");
+        let blessed = entries(&["carapace_1.0.0-rc.1.efi", "carapace_1.0.0.efi"]);
+        assert_eq!(
+            to_remove_after_blessing(&blessed, &v("1.0.0")),
+            vec!["carapace_1.0.0-rc.1.efi"]
+        );
+    }
 }
