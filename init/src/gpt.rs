@@ -902,6 +902,26 @@ pub enum RestoreError {
     ReadBack(String),
 }
 
+/// [`write_at`] for the restoring functions, with their error type.
+fn restoring_write<W: Write + Seek>(
+    disk: &mut W,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<(), RestoreError> {
+    write_at(disk, offset, bytes).map_err(|e| match e {
+        IdentityError::Write {
+            offset,
+            len,
+            reason,
+        } => RestoreError::Write {
+            offset,
+            len,
+            reason,
+        },
+        other => RestoreError::ReadBack(other.to_string()),
+    })
+}
+
 /// The primary header that goes with `backup`: the backup's header sector
 /// with its own LBA and the alternate LBA swapped back (1 and the backup's
 /// LBA), the entry array at LBA 2, and both CRCs recomputed.
@@ -956,22 +976,8 @@ pub fn restore_primary<D: Read + Write + Seek>(
         });
     }
     let sector = primary_sector_from(&backup);
-    let write = |disk: &mut D, offset: u64, bytes: &[u8]| {
-        write_at(disk, offset, bytes).map_err(|e| match e {
-            IdentityError::Write {
-                offset,
-                len,
-                reason,
-            } => RestoreError::Write {
-                offset,
-                len,
-                reason,
-            },
-            other => RestoreError::ReadBack(other.to_string()),
-        })
-    };
-    write(disk, 2 * ss as u64, &backup.entries)?;
-    write(disk, ss as u64, &sector)?;
+    restoring_write(disk, 2 * ss as u64, &backup.entries)?;
+    restoring_write(disk, ss as u64, &sector)?;
 
     let (header, read_back) = read(disk, ss).map_err(|e| RestoreError::ReadBack(e.to_string()))?;
     if read_back != table.partitions || header.alternate_lba != backup.lba {
@@ -1031,22 +1037,8 @@ pub fn sync_backup<D: Read + Write + Seek>(
     sector[16..20].fill(0);
     let crc = crc32(&sector[..size]);
     sector[16..20].copy_from_slice(&crc.to_le_bytes());
-    let write = |disk: &mut D, offset: u64, bytes: &[u8]| {
-        write_at(disk, offset, bytes).map_err(|e| match e {
-            IdentityError::Write {
-                offset,
-                len,
-                reason,
-            } => RestoreError::Write {
-                offset,
-                len,
-                reason,
-            },
-            other => RestoreError::ReadBack(other.to_string()),
-        })
-    };
-    write(disk, entries_lba * ss as u64, &primary.entries)?;
-    write(disk, alternate * ss as u64, &sector)?;
+    restoring_write(disk, entries_lba * ss as u64, &primary.entries)?;
+    restoring_write(disk, alternate * ss as u64, &sector)?;
     let back = TableCopy::read(disk, ss, alternate)
         .map_err(|e| RestoreError::ReadBack(format!("the backup: {e}")))?;
     if back.partitions != primary.partitions {

@@ -507,22 +507,28 @@ impl Engine {
         })
     }
 
+    /// The boot disk, opened for GPT writes with O_DSYNC: each write is on
+    /// the disk before the next starts, so one copy of the table is whole
+    /// before the other changes.
+    fn open_disk_for_gpt_writes(&self) -> Result<(String, std::fs::File), String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dev = self.disk_device();
+        let disk = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DSYNC.bits() as i32)
+            .open(&dev)
+            .map_err(|e| format!("cannot open {dev}: {e}"))?;
+        Ok((dev, disk))
+    }
+
     fn set_identity(
         &self,
         slot: &Slot,
         data: (Guid, String),
         verity: (Guid, String),
     ) -> Result<(), String> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let dev = self.disk_device();
-        // O_DSYNC: each write is on the disk before the next starts, so the
-        // backup table is whole before the primary one changes.
-        let mut disk = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::DSYNC.bits() as i32)
-            .open(&dev)
-            .map_err(|e| format!("cannot open {dev}: {e}"))?;
+        let (dev, mut disk) = self.open_disk_for_gpt_writes()?;
         let sector = self.sector_size();
         for (p, (uuid, name)) in [(&slot.data, data), (&slot.verity, verity)] {
             gpt::set_partition_identity(&mut disk, sector, p.number, uuid, &name)
@@ -750,14 +756,7 @@ impl Engine {
     /// becomes its copy again (the primary is what booted). Returns what
     /// was mended, if anything.
     pub fn repair_gpt(&self) -> Result<Option<String>, String> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let dev = self.disk_device();
-        let mut disk = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::DSYNC.bits() as i32)
-            .open(&dev)
-            .map_err(|e| format!("cannot open {dev}: {e}"))?;
+        let (dev, mut disk) = self.open_disk_for_gpt_writes()?;
         let mended = match gpt::restore_primary(&mut disk, self.sector_size()) {
             Ok(gpt::Restored::NotNeeded) => None,
             Ok(gpt::Restored::FromBackup { primary_error }) => Some(format!(
