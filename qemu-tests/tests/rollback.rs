@@ -103,8 +103,9 @@ fn boot_until_fallback(
 /// takes updates again.
 fn check_rolled_back(mut node: Node, bad: &str) -> Result<()> {
     let fingerprint = node.wait_api_reachable()?;
-    node.wait_until("the daemon saw the rollback", |t| {
+    node.wait_until("the daemon saw the rollback and serves D-Bus", |t| {
         t.contains(&format!("carapace-update: update {bad} was rolled back"))
+            && t.contains("carapace-update: serving org.carapace.Update1")
     })?;
     let ctl = node.ctl(&fingerprint, Some(TOKEN));
     let status = update_status(&mut node, &ctl)?;

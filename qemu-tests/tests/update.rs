@@ -264,8 +264,9 @@ fn a_version_that_never_becomes_healthy_is_rolled_back() -> Result<()> {
     };
     assert_eq!(tries, 3, "systemd-boot gave the broken version its 3 tries");
     let fingerprint = node.wait_api_reachable()?;
-    node.wait_until("the daemon saw the rollback", |t| {
+    node.wait_until("the daemon saw the rollback and serves D-Bus", |t| {
         t.contains("carapace-update: update 0.3.0 was rolled back")
+            && t.contains("carapace-update: serving org.carapace.Update1")
     })?;
     let ctl = node.ctl(&fingerprint, Some(TOKEN));
     let status = update_status(&mut node, &ctl)?;
@@ -539,10 +540,14 @@ fn a_power_cut_between_the_gpt_copies_keeps_the_old_version_and_drops_the_downlo
     let mut node = disk.boot()?;
     let (ctl, version) = ready_version(&mut node)?;
     assert_eq!(version, "0.1.0", "the running slot was never touched");
-    node.wait_until("the daemon mended the GPT and dropped the download", |t| {
-        t.contains("carapace-update: rewrote the backup GPT")
-            && t.contains("dropped the staged download")
-    })?;
+    node.wait_until(
+        "the daemon mended the GPT, dropped the download and serves D-Bus",
+        |t| {
+            t.contains("carapace-update: rewrote the backup GPT")
+                && t.contains("dropped the staged download")
+                && t.contains("carapace-update: serving org.carapace.Update1")
+        },
+    )?;
     let status = update_status(&mut node, &ctl)?;
     assert_eq!(status["staged"], "", "{status}");
     assert_eq!(status["blessed"], true, "{status}");
