@@ -10,8 +10,10 @@
 //! `trusted.overlay.*`: those are overlayfs' own, and only the whiteout
 //! conversion sets them. OCI whiteouts become what overlayfs reads:
 //! `.wh.<name>` a 0/0 character device `<name>`, `.wh..wh..opq` the
-//! `trusted.overlay.opaque=y` attribute on its directory. Needs root
-//! (mknod, chown, trusted xattrs).
+//! `trusted.overlay.opaque=y` attribute on its directory; a whiteout of `.`
+//! or `..` (`.wh..`, `.wh...`) refuses the layer, since it would remove the
+//! directory or its parent — for a layer's root, the shared store. Needs
+//! root (mknod, chown, trusted xattrs).
 //!
 //! The uncompressed stream is hashed as it is read: the result is the
 //! layer's diff ID, which the caller checks against the image config.
@@ -168,6 +170,11 @@ impl Unpacker<'_> {
                         entry: name.clone(),
                         source: e.into(),
                     })?;
+            } else if hidden == b"." || hidden == b".." {
+                // `.wh..` and `.wh...` would whiteout the directory itself or
+                // its parent: outside the entry's own directory, and for
+                // `layers/sha256/<digest>` that parent is the shared store.
+                return Err(UnpackError::Escapes { entry: name });
             } else if !hidden.starts_with(b".wh.") && !hidden.is_empty() {
                 let target = parent.join(OsStr::from_bytes(hidden));
                 remove_existing(&target).map_err(io_error_entry("replace", &name))?;
@@ -786,6 +793,24 @@ mod tests {
                 }),
             ),
             (
+                "whiteout of the parent",
+                Box::new(|b| file(b, ".wh...", 0o644, b"")),
+            ),
+            (
+                "whiteout of a parent below",
+                Box::new(|b| {
+                    dir(b, "a/", 0o755);
+                    file(b, "a/.wh...", 0o644, b"");
+                }),
+            ),
+            (
+                "whiteout of the directory itself",
+                Box::new(|b| {
+                    dir(b, "a/", 0o755);
+                    file(b, "a/.wh..", 0o644, b"");
+                }),
+            ),
+            (
                 "hard link out",
                 Box::new(|b| link(b, EntryType::Link, "passwd", "../../../etc/passwd")),
             ),
@@ -805,6 +830,10 @@ mod tests {
                 "{what}: {e}"
             );
             assert!(!outside.0.join("escape").exists(), "{what}");
+            assert!(
+                s.0.is_dir(),
+                "{what}: the directory holding the layer (the store) is still there"
+            );
         }
     }
 
