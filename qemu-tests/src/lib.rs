@@ -652,6 +652,18 @@ impl Node {
         parse_ready(&line).with_context(|| format!("malformed ready line {line:?}"))
     }
 
+    /// Waits for the ready line, the API from the host and the update
+    /// daemon on the system bus; returns what booted and the CLI for the
+    /// node with `token`.
+    pub fn reach_update_daemon(&mut self, token: &str) -> Result<(Ready, Ctl)> {
+        let ready = self.wait_ready()?;
+        let fingerprint = self.wait_api_reachable()?;
+        self.wait_until("the update daemon serves D-Bus", |t| {
+            t.contains("carapace-update: serving org.carapace.Update1")
+        })?;
+        Ok((ready, self.ctl(&fingerprint, Some(token))))
+    }
+
     /// Sends one command to the QEMU human monitor.
     pub fn monitor(&self, command: &str) -> Result<()> {
         let mut last_err = None;

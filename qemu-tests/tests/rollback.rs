@@ -28,13 +28,8 @@ fn update_status(node: &mut Node, ctl: &Ctl) -> Result<Value> {
 fn install(name: &str, server: &FileServer, dir: &str) -> Result<TestDisk> {
     let disk = TestDisk::fresh(name)?;
     let mut node = disk.boot_with_user_data(&user_data(&server.url_for_node(dir)))?;
-    let ready = node.wait_ready()?;
+    let (ready, ctl) = node.reach_update_daemon(TOKEN)?;
     ensure!(ready.version == "0.1.0", "booted {}", ready.version);
-    let fingerprint = node.wait_api_reachable()?;
-    node.wait_until("the update daemon serves D-Bus", |t| {
-        t.contains("carapace-update: serving org.carapace.Update1")
-    })?;
-    let ctl = node.ctl(&fingerprint, Some(TOKEN));
     node.ctl_ok(&ctl, &["update", "download", "--wait"])?;
     node.ctl_ok(&ctl, &["update", "apply"])?;
     node.press_power_button()?;

@@ -25,22 +25,13 @@ fn update_status(node: &mut Node, ctl: &Ctl) -> Result<Value> {
 
 /// Boots, waits until the API answers from the host, returns the CLI for it.
 fn reach(node: &mut Node) -> Result<Ctl> {
-    node.wait_ready()?;
-    let fingerprint = node.wait_api_reachable()?;
-    node.wait_until("the update daemon serves D-Bus", |t| {
-        t.contains("carapace-update: serving org.carapace.Update1")
-    })?;
-    Ok(node.ctl(&fingerprint, Some(TOKEN)))
+    Ok(node.reach_update_daemon(TOKEN)?.1)
 }
 
 /// The version the ready line names.
 fn ready_version(node: &mut Node) -> Result<(Ctl, String)> {
-    let ready = node.wait_ready()?;
-    let fingerprint = node.wait_api_reachable()?;
-    node.wait_until("the update daemon serves D-Bus", |t| {
-        t.contains("carapace-update: serving org.carapace.Update1")
-    })?;
-    Ok((node.ctl(&fingerprint, Some(TOKEN)), ready.version))
+    let (ready, ctl) = node.reach_update_daemon(TOKEN)?;
+    Ok((ctl, ready.version))
 }
 
 /// Copies a source directory so a test may damage its copy.

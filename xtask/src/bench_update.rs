@@ -143,12 +143,7 @@ pub fn update(root: &Path) -> Result<()> {
         "[api]\ntoken = \"{TOKEN}\"\n[updates]\nsource = \"{}\"\n",
         server.url_for_node("good/")
     ))?;
-    node.wait_ready()?;
-    let fingerprint = node.wait_api_reachable()?;
-    node.wait_until("the update daemon serves D-Bus", |t| {
-        t.contains("carapace-update: serving org.carapace.Update1")
-    })?;
-    let ctl = node.ctl(&fingerprint, Some(TOKEN));
+    let (_, ctl) = node.reach_update_daemon(TOKEN)?;
     let download = timed(&mut node, &ctl, &["update", "download", "--wait"])?;
     let apply = timed(&mut node, &ctl, &["update", "apply"])?;
     report.push_str(&format!(
@@ -213,12 +208,7 @@ fn failed_trial(image: &Path, server: &FileServer, fault: Fault) -> Result<Strin
         "[api]\ntoken = \"{TOKEN}\"\n[updates]\nsource = \"{}\"\n",
         server.url_for_node(dir)
     ))?;
-    node.wait_ready()?;
-    let fingerprint = node.wait_api_reachable()?;
-    node.wait_until("the update daemon serves D-Bus", |t| {
-        t.contains("carapace-update: serving org.carapace.Update1")
-    })?;
-    let ctl = node.ctl(&fingerprint, Some(TOKEN));
+    let (_, ctl) = node.reach_update_daemon(TOKEN)?;
     node.ctl_ok(&ctl, &["update", "download", "--wait"])?;
     node.ctl_ok(&ctl, &["update", "apply"])?;
     node.press_power_button()?;

@@ -6,17 +6,19 @@
 //! version comparison ranks differently from semantic versioning).
 //!
 //! An efivarfs file holds 4 bytes of attributes (little endian) and the
-//! value; systemd-boot's string values are UTF-16LE, NUL-terminated. It must
+//! value; systemd-boot's string values are UTF-16LE, NUL-terminated. Reading
+//! them (the vendor GUID, the decoder) is `carapace_init::boot_counting`'s;
+//! this module adds only the writing. It must
 //! be written in one `write`; existing variables are usually immutable files
 //! and get the flag cleared first.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Where efivarfs is mounted.
-pub const DIR: &str = "/sys/firmware/efi/efivars";
-/// The vendor GUID of systemd-boot's variables.
-pub const LOADER_VENDOR: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+use carapace_init::boot_counting::{decode_string, efivarfs_name};
+
+/// Where efivarfs is mounted (carapace-init mounts it there).
+pub const DIR: &str = carapace_init::boot_counting::EFIVARS_DIR;
 /// The entry id the next boot starts, once (systemd-boot deletes it on read).
 pub const ONE_SHOT: &str = "LoaderEntryOneShot";
 /// EFI_VARIABLE_NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS.
@@ -24,7 +26,7 @@ const ATTRIBUTES: u32 = 0x7;
 
 /// The efivarfs file of systemd-boot's variable `name` under `dir`.
 pub fn path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}-{LOADER_VENDOR}"))
+    dir.join(efivarfs_name(name))
 }
 
 /// The file content for string `value`: attributes, UTF-16LE, NUL.
@@ -36,21 +38,10 @@ pub fn encode_string(value: &str) -> Vec<u8> {
     out
 }
 
-/// The string in a variable's file content, if it holds one.
-pub fn decode_string(raw: &[u8]) -> Option<String> {
-    let units: Vec<u16> = raw
-        .get(4..)?
-        .chunks_exact(2)
-        .map(|p| u16::from_le_bytes([p[0], p[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    String::from_utf16(&units).ok()
-}
-
 /// Reads the string variable `name`; None when it is not set.
 pub fn read(dir: &Path, name: &str) -> std::io::Result<Option<String>> {
     match std::fs::read(path(dir, name)) {
-        Ok(raw) => Ok(decode_string(&raw)),
+        Ok(raw) => Ok(decode_string(&raw).ok()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -96,8 +87,12 @@ mod tests {
         assert_eq!(&raw[..4], &[7, 0, 0, 0]);
         assert_eq!(&raw[4..8], &[b'c', 0, b'a', 0]);
         assert_eq!(&raw[raw.len() - 2..], &[0, 0], "NUL-terminated");
-        assert_eq!(decode_string(&raw).as_deref(), Some("carapace_0.2.0+3.efi"));
-        assert_eq!(decode_string(&[7, 0]), None, "no room for attributes");
+        assert_eq!(
+            decode_string(&raw).ok().as_deref(),
+            Some("carapace_0.2.0+3.efi"),
+            "what carapace-init decodes"
+        );
+        assert!(decode_string(&[7, 0]).is_err(), "no room for attributes");
     }
 
     #[test]
