@@ -29,6 +29,7 @@ pub mod loopback;
 pub mod manifest;
 pub mod power;
 pub mod power_button;
+pub mod privileges;
 pub mod services_file;
 pub mod shutdown;
 pub mod stage1;

@@ -9,11 +9,22 @@
 //! restart = "always"                 # default; or "on-failure", "never"
 //! stop_timeout_ms = 5000             # default; grace between SIGTERM and SIGKILL
 //! env = { RUST_LOG = "info" }        # optional; added to PATH, nothing else inherited
+//! capabilities = ["CAP_SYS_ADMIN"]   # required, may be []: all it keeps, see below
+//! oom_score_adj = -900               # default 0; -1000 to 1000
+//! user = 1000                        # optional numeric uid; default 0 (root)
+//! group = 1000                       # optional numeric gid; default: the user's id
 //! ```
+//!
+//! `capabilities` is required, so that every service states what it may do:
+//! the service runs with exactly these in its bounding, permitted,
+//! effective, inheritable and ambient sets, with `no_new_privs`
+//! ([`crate::privileges`]). Names are the kernel's, CAP_CHOWN to
+//! CAP_CHECKPOINT_RESTORE.
 //!
 //! Parsing is pure and strict: unknown fields are refused (a typo must not
 //! silently become a default), and every error names the service and the field.
 
+use crate::privileges::{Capability, OomScoreAdj};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -62,6 +73,17 @@ pub struct Service {
     pub stop_timeout_ms: u64,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Every capability the service keeps; all others are gone for good.
+    pub capabilities: Vec<Capability>,
+    /// The OOM killer's preference (PID 1 itself is at -1000).
+    #[serde(default)]
+    pub oom_score_adj: OomScoreAdj,
+    /// The uid to run as; None runs as root.
+    #[serde(default)]
+    pub user: Option<u32>,
+    /// The gid to run as (with no supplementary groups); defaults to `user`.
+    #[serde(default)]
+    pub group: Option<u32>,
 }
 
 fn default_stop_timeout_ms() -> u64 {
@@ -175,6 +197,27 @@ fn check(service: &Service) -> Option<(&'static str, String)> {
             return Some(("env", format!("the value of {key} contains a NUL byte")));
         }
     }
+    if let Some(twice) = service
+        .capabilities
+        .iter()
+        .enumerate()
+        .find_map(|(i, c)| service.capabilities[..i].contains(c).then_some(c))
+    {
+        return Some(("capabilities", format!("{twice} is listed twice")));
+    }
+    // u32::MAX is "no change" to setresuid and setresgid.
+    if service.user == Some(u32::MAX) {
+        return Some(("user", format!("{} is not a uid", u32::MAX)));
+    }
+    if service.group == Some(u32::MAX) {
+        return Some(("group", format!("{} is not a gid", u32::MAX)));
+    }
+    if service.group.is_some() && service.user.is_none() {
+        return Some((
+            "group",
+            "is set without `user`: a root service keeps gid 0".into(),
+        ));
+    }
     None
 }
 
@@ -228,8 +271,14 @@ impl Manifest {
 mod tests {
     use super::*;
 
+    /// One service; `capabilities = []` unless the body says otherwise.
     fn one(body: &str) -> Result<Manifest, ManifestError> {
-        Manifest::parse(&format!("[[service]]\n{body}\n"))
+        let caps = if body.contains("capabilities") {
+            ""
+        } else {
+            "capabilities = []\n"
+        };
+        Manifest::parse(&format!("[[service]]\n{caps}{body}\n"))
     }
 
     #[test]
@@ -240,17 +289,24 @@ mod tests {
             name = "api"
             exec = ["/usr/lib/carapace/carapace-api", "--listen", "/run/api.sock"]
             env = { RUST_LOG = "info" }
+            capabilities = ["CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE"]
+            oom_score_adj = -900
 
             [[service]]
             name = "checker-2"
             exec = ["/usr/lib/carapace/test/carapace-test-checker"]
             restart = "never"
             stop_timeout_ms = 100
+            capabilities = []
+            user = 65534
 
             [[service]]
             name = "flaky"
             exec = ["/flaky"]
             restart = "on-failure"
+            capabilities = []
+            user = 1000
+            group = 100
             "#,
         )
         .expect("valid manifest");
@@ -267,6 +323,75 @@ mod tests {
         assert!(checker.env.is_empty());
         assert_eq!(flaky.restart, Restart::OnFailure);
         assert_eq!(flaky.restart.as_str(), "on-failure");
+        let names: Vec<&str> = api.capabilities.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE"]);
+        assert_eq!(api.oom_score_adj.value(), -900);
+        assert_eq!((api.user, api.group), (None, None));
+        assert!(checker.capabilities.is_empty());
+        assert_eq!(checker.oom_score_adj.value(), 0, "the default");
+        assert_eq!((checker.user, checker.group), (Some(65534), None));
+        assert_eq!((flaky.user, flaky.group), (Some(1000), Some(100)));
+    }
+
+    #[test]
+    fn capabilities_must_be_listed_by_their_kernel_names() {
+        let err = Manifest::parse("[[service]]\nname = \"a\"\nexec = [\"/a\"]\n")
+            .expect_err("no capabilities field");
+        assert!(err.to_string().contains("capabilities"), "{err}");
+        let err =
+            one("name = \"a\"\nexec = [\"/a\"]\ncapabilities = [\"CAP_NET_ADMIN\", \"NET_RAW\"]")
+                .expect_err("no CAP_ prefix");
+        assert!(matches!(err, ManifestError::Syntax(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("unknown capability \"NET_RAW\""),
+            "{err}"
+        );
+        let err = one("name = \"a\"\nexec = [\"/a\"]\ncapabilities = [\"CAP_FOO\"]")
+            .expect_err("unknown");
+        assert!(err.to_string().contains("CAP_FOO"), "{err}");
+        let err = one("name = \"a\"\nexec = [\"/a\"]\ncapabilities = [\"CAP_KILL\", \"CAP_KILL\"]")
+            .expect_err("twice");
+        assert_eq!(err.field(), Some("capabilities"));
+        assert!(
+            err.to_string().contains("CAP_KILL is listed twice"),
+            "{err}"
+        );
+        let m = one("name = \"a\"\nexec = [\"/a\"]\ncapabilities = [\"CAP_CHECKPOINT_RESTORE\", \"CAP_CHOWN\"]")
+            .expect("the first and the last the kernel has");
+        assert_eq!(
+            crate::privileges::mask_of(&m.service[0].capabilities),
+            (1 << 40) | 1
+        );
+    }
+
+    #[test]
+    fn oom_score_adj_user_and_group_are_checked() {
+        for bad in ["-1001", "1001", "\"-900\"", "1.5"] {
+            let err = one(&format!(
+                "name = \"a\"\nexec = [\"/a\"]\noom_score_adj = {bad}"
+            ))
+            .expect_err(bad);
+            assert!(
+                err.to_string().contains("oom_score_adj") || err.to_string().contains(bad),
+                "{err}"
+            );
+        }
+        for good in [-1000, 0, 1000] {
+            let m = one(&format!(
+                "name = \"a\"\nexec = [\"/a\"]\noom_score_adj = {good}"
+            ))
+            .expect("in range");
+            assert_eq!(i64::from(m.service[0].oom_score_adj.value()), good);
+        }
+        let err = one("name = \"a\"\nexec = [\"/a\"]\nuser = -1").expect_err("negative uid");
+        assert!(err.to_string().contains("user"), "{err}");
+        let err = one("name = \"a\"\nexec = [\"/a\"]\nuser = 4294967295").expect_err("-1");
+        assert_eq!(err.field(), Some("user"));
+        let err =
+            one("name = \"a\"\nexec = [\"/a\"]\nuser = 1\ngroup = 4294967295").expect_err("-1");
+        assert_eq!(err.field(), Some("group"));
+        let err = one("name = \"a\"\nexec = [\"/a\"]\ngroup = 5").expect_err("group alone");
+        assert_eq!(err.field(), Some("group"));
     }
 
     #[test]
@@ -294,9 +419,9 @@ mod tests {
     #[test]
     fn a_duplicate_name_is_refused_naming_both_services() {
         let err = Manifest::parse(
-            "[[service]]\nname = \"a\"\nexec = [\"/a\"]\n\
-             [[service]]\nname = \"b\"\nexec = [\"/b\"]\n\
-             [[service]]\nname = \"a\"\nexec = [\"/c\"]\n",
+            "[[service]]\nname = \"a\"\nexec = [\"/a\"]\ncapabilities = []\n\
+             [[service]]\nname = \"b\"\nexec = [\"/b\"]\ncapabilities = []\n\
+             [[service]]\nname = \"a\"\nexec = [\"/c\"]\ncapabilities = []\n",
         )
         .expect_err("duplicate");
         assert_eq!(err.field(), Some("name"));
@@ -365,7 +490,12 @@ mod tests {
 
     #[test]
     fn the_images_manifests_are_valid() {
-        for file in ["services.toml", "services-test.toml"] {
+        for file in [
+            "services.toml",
+            "services-test.toml",
+            "services-test-broken.toml",
+            "services-test-no-nic.toml",
+        ] {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../image")
                 .join(file);

@@ -4,8 +4,11 @@
 //! host, brings up loopback, starts the services of the manifest, prints
 //! `carapace: ready …`, reaps every child, and shuts down in order when asked.
 //!
-//! Early, it learns from the boot loader's variables (efivarfs, mounted by
-//! stage 1 and moved here with /sys) whether this boot is a counted trial
+//! First of all it makes itself the one process the OOM killer never takes
+//! (`oom_score_adj` -1000; every service sets its own, see
+//! [`crate::privileges`]). Early, it learns from the boot loader's variables
+//! (efivarfs, mounted by stage 1 and moved here with /sys) whether this boot
+//! is a counted trial
 //! ([`crate::power::learn_boot_counting`]), and opens the hardware watchdog
 //! again, which a task of the event loop pings ([`crate::watchdog`]).
 //!
@@ -22,7 +25,8 @@
 //! - `carapace: stage 2 at <ms> ms` (the first line of stage 2)
 //! - the watchdog's line (`carapace: watchdog <dev> armed, timeout <n> s,
 //!   pinged every <s> s`, or why there is none)
-//! - only on trouble: `carapace: cannot mount <fstype> on <target>: <error>`,
+//! - only on trouble: `carapace: cannot set the oom_score_adj of PID 1 to
+//!   -1000: <error>`, `carapace: cannot mount <fstype> on <target>: <error>`,
 //!   `carapace: <target> is already mounted: leaving it`,
 //!   `carapace: cannot set the hostname <name>: <error>`,
 //!   `carapace: cannot bring up lo: <error>`,
@@ -377,6 +381,12 @@ pub fn run() -> ! {
     reopen_console();
     let stage2_ms = crate::clock::ms_since_boot();
     say(&format!("stage 2 at {stage2_ms} ms"));
+    // The OOM killer must never take PID 1; each service sets its own score.
+    if let Err(e) = crate::privileges::protect_pid1_from_oom_killer() {
+        say(&format!(
+            "cannot set the oom_score_adj of PID 1 to -1000: {e}"
+        ));
+    }
     let on_trial = crate::power::learn_boot_counting().is_counted();
     crate::watchdog::arm_for_stage2();
     mount_all();

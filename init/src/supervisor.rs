@@ -8,7 +8,10 @@
 //! session (so its process group can be signalled as a whole), with stdin on
 //! /dev/null and stdout and stderr on one pipe that a small thread reads and
 //! prints as `[<name>] <line>`. Nothing else is inherited: the environment is
-//! `PATH` plus the service's `env`.
+//! `PATH` plus the service's `env`. Between fork and exec the child takes
+//! the privileges of its manifest entry ([`crate::privileges`]): its OOM
+//! score, `no_new_privs`, exactly its capabilities, its user; a failure
+//! there fails the start like a missing program.
 //!
 //! Console lines (after `carapace: `):
 //! - `service <name> exited with status <n>, restarting in <ms> ms (restart <count>)`
@@ -20,6 +23,7 @@ use crate::backoff::{self, Decision, Exit};
 use crate::console;
 use crate::manifest::{Manifest, Service};
 use crate::power::PowerAction;
+use crate::privileges::Privileges;
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -387,15 +391,17 @@ fn spawn(spec: &Service) -> std::io::Result<Pid> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(stderr_writer));
+    // Everything the child needs is prepared here, before the fork.
+    let privileges = Privileges::of(spec);
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe work is allowed. It makes one system call (setsid)
-    // and converts its error number into an `io::Error` without allocating;
+    // async-signal-safe work is allowed. It makes system calls only (setsid,
+    // then those of `Privileges::apply`, on values prepared before the fork)
+    // and converts an error number into an `io::Error` without allocating;
     // it takes no lock and touches no memory shared with other threads.
     unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
+        cmd.pre_exec(move || {
+            rustix::process::setsid().map_err(std::io::Error::from)?;
+            privileges.apply().map_err(std::io::Error::from)
         });
     }
     let child = cmd.spawn()?;
@@ -549,7 +555,7 @@ mod tests {
     fn services_start_in_manifest_order_and_wait_for_a_restart_only_when_pending() {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let manifest =
-            Manifest::parse("[[service]]\nname = \"a\"\nexec = [\"/a\"]\n[[service]]\nname = \"b\"\nexec = [\"/b\"]\n")
+            Manifest::parse("[[service]]\nname = \"a\"\nexec = [\"/a\"]\ncapabilities = []\n[[service]]\nname = \"b\"\nexec = [\"/b\"]\ncapabilities = []\n")
                 .expect("manifest");
         let mut sup = Supervisor::new(manifest, tx);
         let names: Vec<String> = sup.snapshot().into_iter().map(|s| s.name).collect();
@@ -607,6 +613,11 @@ mod tests {
             "carapace: cannot start service missing: /nonexistent/program: ",
             "carapace: service missing exited with status 127, not restarting",
             "[stubborn] up",
+            "[capped] CapEff:\t0000000000000020",
+            "[capped] CapBnd:\t0000000000000020",
+            "[capped] NoNewPrivs:\t1",
+            "[capped] 300",
+            "carapace: service capped exited with status 0, not restarting",
             "carapace: shutting down (test): stopping services",
             "carapace: service polite killed by signal SIGTERM",
             "carapace: service stubborn did not stop within 300 ms: killing it",
@@ -696,25 +707,37 @@ mod tests {
             [[service]]
             name = "failing"
             exec = ["/bin/sh", "-c", "echo hi; exit 1"]
+            capabilities = []
             restart = "on-failure"
 
             [[service]]
             name = "orphaner"
             exec = ["/bin/sh", "-c", "sleep 0.2 >/dev/null & exit 0"]
+            capabilities = []
             restart = "never"
 
             [[service]]
             name = "missing"
             exec = ["/nonexistent/program"]
+            capabilities = []
             restart = "never"
 
             [[service]]
             name = "polite"
             exec = ["/bin/sleep", "30"]
+            capabilities = []
+
+            [[service]]
+            name = "capped"
+            exec = ["/bin/sh", "-c", "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; cat /proc/self/oom_score_adj"]
+            restart = "never"
+            capabilities = ["CAP_KILL"]
+            oom_score_adj = 300
 
             [[service]]
             name = "stubborn"
             exec = ["/bin/sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.05; done"]
+            capabilities = []
             stop_timeout_ms = 300
             "#,
         )
@@ -774,7 +797,7 @@ mod tests {
             Some(Exit::Signal(Signal::TERM.as_raw()))
         );
         assert_eq!(
-            snapshot[4].last_exit,
+            snapshot[5].last_exit,
             Some(Exit::Signal(Signal::KILL.as_raw()))
         );
         assert!(snapshot

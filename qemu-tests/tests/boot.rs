@@ -1,12 +1,73 @@
 //! A healthy boot: the verified root, read-only; the state partition, writable
 //! and kept across an orderly power-off by the ACPI power button and a reboot
 //! asked for through the API; status from the API; a setting committed
-//! through the API in force at once and again after the power cycle.
+//! through the API in force at once and again after the power cycle; every
+//! agent with only its manifest's capabilities, no_new_privs and its OOM
+//! score, PID 1 out of the OOM killer's reach.
 
 use qemu_tests::{find_uki_roothash, part_type, TestDisk};
 
 fn line_with<'a>(transcript: &'a str, prefix: &str) -> Option<&'a str> {
     transcript.lines().find(|l| l.contains(prefix))
+}
+
+/// The kernel's numbers (include/uapi/linux/capability.h) of the
+/// capabilities the test image's manifest gives its agents.
+const CAPABILITY_NUMBERS: [(&str, u32); 7] = [
+    ("CAP_SETGID", 6),
+    ("CAP_SETUID", 7),
+    ("CAP_LINUX_IMMUTABLE", 9),
+    ("CAP_NET_BIND_SERVICE", 10),
+    ("CAP_NET_ADMIN", 12),
+    ("CAP_SYS_ADMIN", 21),
+    ("CAP_SYS_TIME", 25),
+];
+
+/// The mask /proc/<pid>/status shows for `names`, as 16 hex digits.
+fn caps_hex(names: &[&str]) -> String {
+    let mask = names.iter().fold(0u64, |mask, name| {
+        let bit = CAPABILITY_NUMBERS
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, bit)| *bit)
+            .unwrap_or_else(|| panic!("{name} is not in CAPABILITY_NUMBERS"));
+        mask | (1 << bit)
+    });
+    format!("{mask:016x}")
+}
+
+/// Every capability the kernel has, CAP_CHOWN (0) to CAP_CHECKPOINT_RESTORE (40).
+const ALL_CAPABILITIES_HEX: &str = "000001ffffffffff";
+
+/// What `checker: caps <service> pid …` says of one service, checked against
+/// its manifest entry: effective, bounding and ambient sets exactly `caps`,
+/// no_new_privs on, the OOM score as set.
+fn assert_privileges(transcript: &str, service: &str, caps: &str, oom: i32) {
+    let prefix = format!("checker: caps {service} pid ");
+    let line = line_with(transcript, &prefix)
+        .unwrap_or_else(|| panic!("no privileges line for {service}:\n{transcript}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let value = |key: &str| {
+        words
+            .iter()
+            .position(|w| *w == key)
+            .and_then(|i| words.get(i + 1))
+            .copied()
+            .unwrap_or("missing")
+    };
+    assert_eq!(value("eff"), caps, "{service}'s effective set: {line}");
+    assert_eq!(value("bnd"), caps, "{service}'s bounding set: {line}");
+    assert_eq!(value("amb"), caps, "{service}'s ambient set: {line}");
+    assert_eq!(
+        value("nnp"),
+        "1",
+        "{service} runs with no_new_privs: {line}"
+    );
+    assert_eq!(
+        value("oom"),
+        oom.to_string(),
+        "{service}'s oom_score_adj: {line}"
+    );
 }
 
 #[test]
@@ -72,6 +133,37 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_off_and_
             && services.contains("checker:running")
             && services.contains("crasher:"),
         "status lists every service with its state: {services}"
+    );
+    // Each agent runs with only the capabilities of image/services-test.toml,
+    // cannot gain more (no_new_privs), and the OOM killer takes containers
+    // before any agent, and PID 1 never.
+    assert_privileges(
+        &t,
+        "net",
+        &caps_hex(&["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_SYS_TIME"]),
+        -900,
+    );
+    assert_privileges(&t, "bus", &caps_hex(&[]), -900);
+    assert_privileges(&t, "api", &caps_hex(&["CAP_SYS_ADMIN"]), -900);
+    assert_privileges(
+        &t,
+        "update",
+        &caps_hex(&["CAP_SYS_ADMIN", "CAP_LINUX_IMMUTABLE"]),
+        -900,
+    );
+    assert_privileges(&t, "containers", ALL_CAPABILITIES_HEX, -900);
+    assert_privileges(&t, "checker", &caps_hex(&[]), 0);
+    if line_with(&t, "checker: caps dbus-probe pid ").is_some_and(|l| !l.contains("unreadable")) {
+        assert_privileges(
+            &t,
+            "dbus-probe",
+            &caps_hex(&["CAP_SETUID", "CAP_SETGID"]),
+            0,
+        );
+    }
+    assert!(
+        t.contains("checker: pid1 oom -1000"),
+        "PID 1 is never taken by the OOM killer:\n{t}"
     );
     // A setting changed through the API (its Unix socket) takes effect at once.
     assert!(

@@ -15,6 +15,12 @@
 //!   change of the hostname to node-from-api, and the hostname line again
 //!   (with user data: `checker: api patch skipped: …`);
 //! - `checker: release <version>` — the marker file each test image version carries;
+//! - `checker: caps <service> pid <pid> eff <hex> bnd <hex> amb <hex> nnp <0|1> oom <adj>`
+//!   for every service that runs according to /run/carapace/services.json:
+//!   its effective, bounding and ambient capability sets, `NoNewPrivs`
+//!   (from /proc/<pid>/status) and /proc/<pid>/oom_score_adj (or
+//!   `checker: caps <service> pid <pid> unreadable: <why>` when it just ended),
+//!   then `checker: pid1 oom <adj>`;
 //! - `checker: done`, then exit status 0;
 //! - `checker: api status version=<v> roothash=<hex>` and
 //!   `checker: api services <name>:<state> …` and
@@ -273,6 +279,73 @@ fn api(method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
 
 const API_SOCKET: &str = "/run/carapace/api.sock";
 
+/// Where PID 1 publishes every service's state and pid.
+const SERVICES_JSON: &str = "/run/carapace/services.json";
+
+/// (name, pid) of every service with a pid in the text of services.json
+/// (an array of objects with `"name":"…"` and `"pid":<n>` or `null`).
+fn service_pids(json: &str) -> Vec<(String, i32)> {
+    json.split('{')
+        .skip(1)
+        .filter_map(|object| {
+            let name = object.split("\"name\":\"").nth(1)?.split('"').next()?;
+            let pid = object
+                .split("\"pid\":")
+                .nth(1)?
+                .split([',', '}'])
+                .next()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((name.to_string(), pid))
+        })
+        .collect()
+}
+
+/// The value of `<field>:` in the text of /proc/<pid>/status.
+fn status_field<'a>(status: &'a str, field: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// The capability report of one process.
+fn privileges_of(pid: i32) -> Result<String, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let oom = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .map_err(|e| format!("/proc/{pid}/oom_score_adj: {e}"))?;
+    let field = |name: &str| status_field(&status, name).unwrap_or("?").to_string();
+    Ok(format!(
+        "eff {} bnd {} amb {} nnp {} oom {}",
+        field("CapEff"),
+        field("CapBnd"),
+        field("CapAmb"),
+        field("NoNewPrivs"),
+        oom.trim()
+    ))
+}
+
+/// What each running service may do, and PID 1's OOM score.
+fn report_privileges() {
+    match std::fs::read_to_string(SERVICES_JSON) {
+        Ok(json) => {
+            for (name, pid) in service_pids(&json) {
+                match privileges_of(pid) {
+                    Ok(report) => say(&format!("caps {name} pid {pid} {report}")),
+                    Err(e) => say(&format!("caps {name} pid {pid} unreadable: {e}")),
+                }
+            }
+        }
+        Err(e) => say(&format!("error reading {SERVICES_JSON}: {e}")),
+    }
+    match std::fs::read_to_string("/proc/1/oom_score_adj") {
+        Ok(adj) => say(&format!("pid1 oom {}", adj.trim())),
+        Err(e) => say(&format!("error reading /proc/1/oom_score_adj: {e}")),
+    }
+}
+
 fn nodename() -> String {
     rustix::system::uname()
         .nodename()
@@ -430,6 +503,7 @@ fn main() {
             pids.join(" ")
         ));
     }
+    report_privileges();
     say("done");
     if boots == 2 && !user_data_applied() {
         // A reboot asked for through the API, which hands it to PID 1 (not
