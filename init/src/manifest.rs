@@ -13,6 +13,8 @@
 //! oom_score_adj = -900               # default 0; -1000 to 1000
 //! user = 1000                        # optional numeric uid; default 0 (root)
 //! group = 1000                       # optional numeric gid; default: the user's id
+//! no_new_privs = false               # default true; only for a service that must
+//!                                    # let its children gain privileges (crun)
 //! ```
 //!
 //! `capabilities` is required, so that every service states what it may do:
@@ -84,6 +86,16 @@ pub struct Service {
     /// The gid to run as (with no supplementary groups); defaults to `user`.
     #[serde(default)]
     pub group: Option<u32>,
+    /// Whether no exec of the service or its children may gain privileges
+    /// (set-user-ID, file capabilities). On unless the manifest says
+    /// otherwise: the container agent turns it off so that a container's own
+    /// `no_new_privileges: false` setting can take effect.
+    #[serde(default = "default_no_new_privs")]
+    pub no_new_privs: bool,
+}
+
+fn default_no_new_privs() -> bool {
+    true
 }
 
 fn default_stop_timeout_ms() -> u64 {

@@ -10,8 +10,10 @@
 //!    the child still has from PID 1; PID 1 itself runs at -1000 and every
 //!    child would inherit that, so every service gets its own value, 0
 //!    unless the manifest says otherwise);
-//! 2. `PR_SET_NO_NEW_PRIVS`: no exec of the service or of its children can
-//!    gain anything (set-user-ID files and file capabilities are ignored);
+//! 2. `PR_SET_NO_NEW_PRIVS` (unless the manifest turns it off, as for the
+//!    container agent, whose containers decide it per container): no exec
+//!    of the service or of its children can gain anything (set-user-ID
+//!    files and file capabilities are ignored);
 //! 3. every capability not listed leaves the bounding set
 //!    (`PR_CAPBSET_DROP`, which needs CAP_SETPCAP, so it comes before the
 //!    capabilities are reduced): the bounding set is the ceiling that no
@@ -194,6 +196,8 @@ pub struct Privileges {
     oom_score_adj: String,
     /// (uid, gid) to switch to; None stays uid 0.
     ids: Option<(u32, u32)>,
+    /// Whether `PR_SET_NO_NEW_PRIVS` is set.
+    no_new_privs: bool,
 }
 
 impl Privileges {
@@ -201,6 +205,15 @@ impl Privileges {
     pub fn of(service: &crate::manifest::Service) -> Privileges {
         let ids = service.user.map(|uid| (uid, service.group.unwrap_or(uid)));
         Privileges::from_parts(mask_of(&service.capabilities), service.oom_score_adj, ids)
+            .with_no_new_privs(service.no_new_privs)
+    }
+
+    /// The same, with `no_new_privs` on (the default) or off.
+    pub fn with_no_new_privs(self, on: bool) -> Privileges {
+        Privileges {
+            no_new_privs: on,
+            ..self
+        }
     }
 
     /// From a capability mask (bit n for capability n), an OOM adjustment
@@ -210,6 +223,7 @@ impl Privileges {
             keep,
             oom_score_adj: oom.value().to_string(),
             ids,
+            no_new_privs: true,
         }
     }
 
@@ -235,7 +249,9 @@ impl Privileges {
         }
         drop(file);
         // 2. No exec gains anything from here on.
-        rustix::thread::set_no_new_privs(true)?;
+        if self.no_new_privs {
+            rustix::thread::set_no_new_privs(true)?;
+        }
         // 3. The ceiling: drop every capability not kept.
         for bit in 0..=LAST_BIT {
             if self.keep & (1u64 << bit) != 0 {
@@ -394,6 +410,15 @@ mod tests {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .map(str::trim)
             .unwrap_or("missing")
+    }
+
+    #[test]
+    fn no_new_privs_stays_off_when_the_manifest_says_so() {
+        let keep = mask_of(&caps(&["CAP_SETUID"]));
+        let p = Privileges::from_parts(keep, OomScoreAdj::default(), None).with_no_new_privs(false);
+        let status = status_under(&p).expect("cat runs");
+        assert_eq!(field(&status, "NoNewPrivs"), "0", "{status}");
+        assert_eq!(field(&status, "CapBnd"), format!("{keep:016x}"), "{status}");
     }
 
     #[test]
