@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(first.report.outcome, "applied");
         assert_eq!(first.report.source.as_deref(), Some("fw_cfg"));
         assert_eq!(first.settings.hostname.as_str(), "node-1");
-        assert!(first.settings.api.token_sha256.is_some());
+        assert!(first.settings.api.token_hash.is_some());
         assert_eq!(first.tls, None);
     }
 

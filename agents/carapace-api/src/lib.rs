@@ -15,12 +15,20 @@
 //! - `/v1/update…` — the update daemon over D-Bus ([`updates`])
 //!
 //! Remote callers (`Access::Remote`) must send `Authorization: Bearer <token>`
-//! matching the committed token hash; local callers on the root-only Unix
-//! socket need none.
+//! matching the committed token hash ([`auth`]: argon2id, bounded and
+//! remembered once verified); local callers on the root-only Unix socket
+//! need none. Neither listener can be starved: every connection counts
+//! against a budget ([`admission`]), silent ones time out or give their
+//! place to newer ones ([`connection`]), and the Unix socket ([`local`]) is
+//! served apart from TCP ([`remote`]).
 
+pub mod admission;
 pub mod apply;
+pub mod auth;
 pub mod config_drive;
+pub mod connection;
 pub mod first_boot;
+pub mod local;
 pub mod logs;
 pub mod node;
 pub mod remote;

@@ -5,17 +5,25 @@
 //! data (fw_cfg, else a config drive), which may also bring the TLS
 //! certificate; otherwise one is generated and kept on /var.
 //!
+//! Neither listener can be starved (see [`carapace_api::admission`]): the
+//! soft descriptor limit is raised to the hard one at start and the
+//! connection caps sized to fit it; the Unix socket is served on a thread
+//! and runtime of its own, with its own D-Bus connection, so TCP load can
+//! neither take its descriptors nor keep its accept loop from running.
+//!
 //! Console lines (after `carapace-api: `):
 //! - `first boot: settings from user data (<source>)` / `first boot: no user data, default settings`
 //!   / `first boot: user data refused: <why>: default settings`
 //! - `listening on /run/carapace/api.sock`
 //! - `listening on 0.0.0.0:8443 (TLS), certificate sha256 <64 hex digits>`
 
+use carapace_api::admission::Limits;
 use carapace_api::first_boot::{self, FirstBoot};
 use carapace_api::node::{ApiInfo, UserDataReport};
 use carapace_api::tls::{self, Identity};
+use carapace_api::updates::DbusUpdates;
 use carapace_api::{
-    config_drive, remote, router, Access, AppState, Applier, NodeApplier, RealNode,
+    config_drive, local, remote, router, Access, AppState, Applier, NodeApplier, RealNode,
 };
 use carapace_model::{persist, Area, Settings, Store};
 use std::os::unix::fs::PermissionsExt;
@@ -25,18 +33,51 @@ use std::sync::{Arc, Mutex};
 const SOCKET: &str = "/run/carapace/api.sock";
 const SETTINGS: &str = "/var/lib/carapace/settings.json";
 
-fn main() -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; the connection limits
+/// that fit the descriptors the process then has.
+fn limits() -> Limits {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    let soft = match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(e) => {
+            eprintln!("carapace-api: cannot raise the descriptor limit: {e}");
+            limit.current
+        }
+    };
+    // None is "unlimited".
+    let limits = Limits::default().within_descriptors(soft.unwrap_or(u64::MAX));
+    if limits != Limits::default() {
+        eprintln!(
+            "carapace-api: {} descriptors allow only {} remote connections",
+            soft.unwrap_or(0),
+            limits.remote.total
+        );
+    }
+    limits
+}
+
+fn main() -> std::process::ExitCode {
+    let limits = limits();
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("carapace-api: cannot start the runtime: {e}");
+            eprintln!("carapace-api: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve()) {
+    match runtime.block_on(serve(limits)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("carapace-api: {e}");
@@ -112,6 +153,7 @@ async fn start_remote(
     state: AppState,
     hostname: &str,
     earlier: Option<String>,
+    limits: Limits,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> (ApiInfo, Option<tokio::task::JoinHandle<()>>) {
     let names = vec!["carapace".to_string(), hostname.to_string()];
@@ -137,10 +179,11 @@ async fn start_remote(
         Err(e) => return failed(format!("cannot listen on {listen}: {e}")),
     };
     let fingerprint = identity.fingerprint();
-    let task = tokio::spawn(remote::serve(
+    let task = tokio::spawn(remote::serve_with_limits(
         listener,
         config,
         router(state, Access::Remote),
+        limits,
         terminated(stop),
     ));
     eprintln!("carapace-api: listening on {listen} (TLS), certificate sha256 {fingerprint}");
@@ -156,7 +199,43 @@ async fn start_remote(
     (info, Some(task))
 }
 
-async fn serve() -> Result<(), String> {
+/// Serves the Unix socket on a thread of its own with its own runtime and
+/// its own D-Bus connection (zbus runs its connection on the runtime that
+/// made it): whatever load the TCP listener carries, this accept loop and
+/// its requests get their turn. The receiver completes when it has stopped.
+fn start_local(
+    listener: std::os::unix::net::UnixListener,
+    state: AppState,
+    limits: Limits,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, String> {
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let state = state.with_updates(std::sync::Arc::new(DbusUpdates::default()));
+    let run = move || -> Result<(), String> {
+        let rt = runtime()?;
+        rt.block_on(async {
+            let listener = tokio::net::UnixListener::from_std(listener)
+                .map_err(|e| format!("cannot serve {SOCKET}: {e}"))?;
+            local::serve(
+                listener,
+                router(state, Access::Local),
+                limits,
+                terminated(stop),
+            )
+            .await;
+            Ok(())
+        })
+    };
+    std::thread::Builder::new()
+        .name("api.sock".into())
+        .spawn(move || {
+            let _ = done_tx.send(run());
+        })
+        .map_err(|e| format!("cannot start the thread serving {SOCKET}: {e}"))?;
+    Ok(done)
+}
+
+async fn serve(limits: Limits) -> Result<(), String> {
     // On SIGTERM both listeners stop accepting and finish the requests in
     // flight (the answer to a power request is one), for at most
     // STOP_GRACE; then the process ends.
@@ -220,13 +299,18 @@ async fn serve() -> Result<(), String> {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let _ = std::fs::remove_file(socket);
-    let listener = tokio::net::UnixListener::bind(socket)
+    let listener = std::os::unix::net::UnixListener::bind(socket)
         .map_err(|e| format!("cannot listen on {SOCKET}: {e}"))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict {SOCKET} to root: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot serve {SOCKET}: {e}"))?;
+    let local = start_local(listener, state.clone(), limits, stop.clone())?;
     eprintln!("carapace-api: listening on {SOCKET}");
     // A node without its TLS listener still answers locally, and says why.
-    let (info, remote) = start_remote(state.clone(), &hostname, tls_problem, stop.clone()).await;
+    let (info, remote) =
+        start_remote(state.clone(), &hostname, tls_problem, limits, stop.clone()).await;
     if let Some(e) = info
         .tls_error
         .as_ref()
@@ -237,18 +321,18 @@ async fn serve() -> Result<(), String> {
     if let Ok(mut api) = node.api.lock() {
         *api = info;
     }
-    let local = axum::serve(listener, router(state, Access::Local))
-        .with_graceful_shutdown(terminated(stop.clone()));
     let grace = async {
         terminated(stop).await;
         tokio::time::sleep(STOP_GRACE).await;
     };
     let both = async {
-        let served = local.await;
+        let served = local
+            .await
+            .unwrap_or_else(|_| Err(format!("the thread serving {SOCKET} ended")));
         if let Some(remote) = remote {
             let _ = remote.await;
         }
-        served.map_err(|e| format!("serving {SOCKET} failed: {e}"))
+        served
     };
     tokio::select! {
         served = both => served,

@@ -1,17 +1,18 @@
 //! The HTTP routes and their handlers.
 
 use crate::apply::Applier;
+use crate::auth::{TokenVerifier, Verdict};
 use crate::logs::{Entry, LogDir};
 use crate::node::{NodeOps, PowerAction};
 use crate::updates::{DbusUpdates, UpdateError, UpdateOp, Updates};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use carapace_model::store::CommitError;
+use carapace_model::store::{prepare_patch, CommitError};
 use carapace_model::{persist, SettingsError, Store};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -53,9 +54,21 @@ struct Inner {
     node: Arc<dyn NodeOps>,
 }
 
-/// The state the handlers share.
+/// The largest request body: a settings change with a whole CA bundle
+/// (`updates.ca`, at most 256 KiB) and many containers fits; anything
+/// bigger is refused (413) before it is buffered.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// The state the handlers share. The token verifier keeps its own copy of
+/// the committed `api` settings, so checking a remote caller's token never
+/// takes the store's lock.
 #[derive(Clone)]
-pub struct AppState(Arc<Mutex<Inner>>, LogDir, Arc<dyn Updates>);
+pub struct AppState(
+    Arc<Mutex<Inner>>,
+    LogDir,
+    Arc<dyn Updates>,
+    Arc<TokenVerifier>,
+);
 
 impl AppState {
     /// `store` holds the committed settings (loaded from `settings_file`);
@@ -66,6 +79,7 @@ impl AppState {
         applier: Box<dyn Applier>,
         node: Arc<dyn NodeOps>,
     ) -> AppState {
+        let verifier = Arc::new(TokenVerifier::new(&store.committed().api));
         AppState(
             Arc::new(Mutex::new(Inner {
                 store,
@@ -75,7 +89,13 @@ impl AppState {
             })),
             LogDir::new(crate::logs::DIR),
             Arc::new(DbusUpdates::default()),
+            verifier,
         )
+    }
+
+    /// The verifier of remote callers' tokens.
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.3
     }
 
     /// Talks to `updates` instead of the update daemon on the system bus.
@@ -130,8 +150,21 @@ async fn patch_settings(State(state): State<AppState>, body: axum::body::Bytes) 
             )
         }
     };
+    // Hashing a new token is the slow part: done on a blocking thread,
+    // before the lock the other requests (the Unix socket's too) need.
+    let prepared = match tokio::task::spawn_blocking(move || prepare_patch(patch)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return refused(e),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "",
+                &format!("preparing the change failed: {e}"),
+            )
+        }
+    };
     let mut inner = state.0.lock().await;
-    match inner.store.stage(patch) {
+    match inner.store.stage_prepared(&prepared) {
         Ok(pending) => Json(pending.to_value()).into_response(),
         Err(e) => refused(e),
     }
@@ -168,6 +201,7 @@ async fn commit(State(state): State<AppState>) -> Response {
     });
     match result {
         Ok(areas) => {
+            state.3.set(&store.committed().api);
             let names: Vec<String> = areas
                 .iter()
                 .map(|a| format!("{a:?}").to_lowercase())
@@ -350,6 +384,23 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
 }
 
+/// A refusal that also closes the connection: a caller without a valid
+/// token keeps no connection open on the node.
+fn refusal(
+    status: StatusCode,
+    message: &str,
+    header: (header::HeaderName, &'static str),
+) -> Response {
+    let mut resp = error(status, "", message);
+    let headers = resp.headers_mut();
+    headers.insert(header.0, header::HeaderValue::from_static(header.1));
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
@@ -357,26 +408,18 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let allowed = {
-        let inner = state.0.lock().await;
-        match (&inner.store.committed().api.token_sha256, presented) {
-            (Some(hash), Some(token)) => hash.matches(&token),
-            _ => false,
-        }
-    };
-    if allowed {
-        next.run(req).await
-    } else {
-        let mut resp = error(
+    match state.3.check(presented.as_deref()).await {
+        Verdict::Allowed => next.run(req).await,
+        Verdict::Refused => refusal(
             StatusCode::UNAUTHORIZED,
-            "",
             "a valid bearer token is required",
-        );
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        resp
+            (header::WWW_AUTHENTICATE, "Bearer"),
+        ),
+        Verdict::Busy => refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many token verifications at once; try again",
+            (header::RETRY_AFTER, "1"),
+        ),
     }
 }
 
@@ -399,7 +442,8 @@ pub fn router(state: AppState, access: Access) -> Router {
         .route("/v1/update/apply", post(update_apply))
         .route("/v1/update/cancel", post(update_cancel))
         .route("/v1/power/reboot", post(reboot))
-        .route("/v1/power/poweroff", post(poweroff));
+        .route("/v1/power/poweroff", post(poweroff))
+        .layer(DefaultBodyLimit::max(MAX_BODY));
     let routes = match access {
         Access::Local => routes,
         Access::Remote => {

@@ -315,6 +315,164 @@ async fn remote_callers_need_the_right_token() {
         StatusCode::NOT_FOUND,
         "a refused request changes nothing"
     );
+    // A new token through the API replaces the old one at once.
+    let other = "another-token-0123456789";
+    f.remote(
+        Method::PATCH,
+        "/v1/settings",
+        Some(json!({ "api": { "token": other } })),
+        Some(TOKEN),
+    )
+    .await;
+    let (s, _) = f
+        .remote(Method::POST, "/v1/settings/commit", None, Some(TOKEN))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = f
+        .remote(Method::GET, "/v1/settings", None, Some(TOKEN))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the old token is forgotten");
+    let (s, _) = f
+        .remote(Method::GET, "/v1/settings", None, Some(other))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_refused_caller_is_told_to_close_the_connection() {
+    let f = Fixture::new("close", Settings::default());
+    let req = Request::builder()
+        .uri("/v1/status")
+        .header("authorization", "Bearer wrong-token-0000000")
+        .body(Body::empty())
+        .expect("request");
+    let resp = router(f.state.clone(), Access::Remote)
+        .oneshot(req)
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        resp.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+}
+
+#[tokio::test]
+async fn settings_from_an_older_version_still_authenticate_until_a_new_token() {
+    let old = Settings::from_value(json!({
+        "api": { "token_sha256": carapace_model::settings::TokenHash::of(TOKEN).as_str() }
+    }))
+    .expect("an older version's settings");
+    let f = Fixture::new("sha256", old);
+    let (s, _) = f
+        .remote(Method::GET, "/v1/settings", None, Some(TOKEN))
+        .await;
+    assert_eq!(s, StatusCode::OK, "an upgrade locks no one out");
+    let (s, _) = f
+        .remote(
+            Method::GET,
+            "/v1/settings",
+            None,
+            Some("wrong-token-0000000"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Setting the same token again stores it salted and drops the SHA-256.
+    f.local(
+        Method::PATCH,
+        "/v1/settings",
+        Some(json!({ "api": { "token": TOKEN } })),
+    )
+    .await;
+    let (s, _) = f.local(Method::POST, "/v1/settings/commit", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(f.dir.join("settings.json")).expect("settings file"))
+            .expect("JSON");
+    assert!(on_disk["api"].get("token_sha256").is_none(), "{on_disk}");
+    let stored = on_disk["api"]["token_hash"].as_str().unwrap_or_default();
+    assert!(stored.starts_with("$argon2id$"), "{on_disk}");
+    let (s, _) = f
+        .remote(Method::GET, "/v1/settings", None, Some(TOKEN))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn no_answer_ever_contains_a_hash_of_the_token() {
+    let f = Fixture::new("nohash", Settings::default());
+    let (_, api) = f.local(Method::GET, "/v1/settings/api", None).await;
+    assert_eq!(api, json!({ "token_set": false }));
+    let (s, pending) = f
+        .local(
+            Method::PATCH,
+            "/v1/settings",
+            Some(json!({ "api": { "token": TOKEN } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, committed) = f.local(Method::POST, "/v1/settings/commit", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let stored = f.state.verifier().check(Some(TOKEN)).await;
+    assert_eq!(stored, carapace_api::auth::Verdict::Allowed);
+    let on_disk = std::fs::read_to_string(f.dir.join("settings.json")).expect("file");
+    let hash = serde_json::from_str::<Value>(&on_disk).expect("JSON")["api"]["token_hash"]
+        .as_str()
+        .expect("the file keeps the hash")
+        .to_string();
+    let (_, all) = f
+        .remote(Method::GET, "/v1/settings", None, Some(TOKEN))
+        .await;
+    let (_, api) = f
+        .remote(Method::GET, "/v1/settings/api", None, Some(TOKEN))
+        .await;
+    let (s, _) = f
+        .remote(
+            Method::GET,
+            "/v1/settings/api/token_hash",
+            None,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(api, json!({ "token_set": true }));
+    assert_eq!(all["api"], json!({ "token_set": true }));
+    for answer in [&pending, &committed, &all, &api] {
+        let text = answer.to_string();
+        assert!(
+            !text.contains(&hash) && !text.contains("argon2") && !text.contains("sha256"),
+            "{text}"
+        );
+        assert!(!text.contains(TOKEN), "{text}");
+    }
+    // A client that sends back what it read is told what to do instead.
+    let (s, body) = f
+        .local(
+            Method::PATCH,
+            "/v1/settings",
+            Some(json!({ "api": { "token_set": true } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(body["path"], "api.token_set");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_before_it_is_read() {
+    let f = Fixture::new("body", Settings::default());
+    let big = json!({ "hostname": "x".repeat(carapace_api::routes::MAX_BODY) });
+    let req = Request::builder()
+        .method(Method::PATCH)
+        .uri("/v1/settings")
+        .body(Body::from(big.to_string()))
+        .expect("request");
+    let resp = router(f.state.clone(), Access::Local)
+        .oneshot(req)
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _) = f.local(Method::GET, "/v1/settings/pending", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing was staged");
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 //!                "routes": [{ "to": "0.0.0.0/0", "via": "10.0.2.2" }], "dns": ["10.0.2.3"] },
 //!   "ntp": { "servers": ["time.example.org"] },
 //!   "sysctl": { "net.ipv4.ip_forward": "1" },
-//!   "api": { "token_sha256": "…" },
+//!   "api": { "token_hash": "$argon2id$v=19$m=19456,t=2,p=1$…" },
 //!   "updates": { "source": "https://updates.example.org/carapace/",
 //!                "ca": "-----BEGIN CERTIFICATE-----\nMIIBmj…\n-----END CERTIFICATE-----\n" },
 //!   "containers": { "web": { "image": "nginx:1.27", "restart": "on-failure:5" } },
@@ -21,6 +21,12 @@
 //! Registry passwords are the one secret kept as given (the container agent
 //! presents them); [`Settings::to_value`], the view the API serves, leaves
 //! them out. See [`crate::containers`].
+//!
+//! The API token is never kept: only its salted slow hash (`api.token_hash`,
+//! argon2id in PHC string format), or, in a file an older version wrote, its
+//! unsalted SHA-256 (`api.token_sha256`), still accepted so that an upgrade
+//! locks no one out and dropped when a new token is set. Neither is served:
+//! [`Settings::to_value`] shows `"api": { "token_set": true|false }` instead.
 
 use crate::containers::{Container, ContainerName, Registry, RegistryHost};
 use crate::error::SettingsError;
@@ -122,10 +128,12 @@ impl Settings {
         crate::containers::check(&self.containers, &self.registries)
     }
 
-    /// The tree as JSON, as the API serves it: registry passwords left out.
+    /// The tree as JSON, as the API serves it: registry passwords left out,
+    /// the token's hashes replaced by `api.token_set`.
     pub fn to_value(&self) -> serde_json::Value {
         let mut tree = self.to_value_with_secrets();
         crate::containers::redact_secrets(&mut tree);
+        redact_token(&mut tree, self.api.token_set());
         tree
     }
 
@@ -344,7 +352,10 @@ pub struct Ntp {
     pub servers: Vec<NtpServer>,
 }
 
-/// The SHA-256 of the API token, lowercase hex. The token itself is never stored.
+/// The unsalted SHA-256 of the API token, lowercase hex, as versions before
+/// the salted hash ([`SaltedTokenHash`]) stored it. Still read from the
+/// settings file and accepted for authentication, never written for a new
+/// token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TokenHash(String);
@@ -392,12 +403,186 @@ impl TokenHash {
     }
 }
 
+/// argon2id memory cost in KiB: 19 MiB, the first of OWASP's recommended
+/// argon2id settings. Two verifications at a time (the API's bound) take
+/// 38 MiB of a node's memory.
+pub const TOKEN_HASH_MEMORY_KIB: u32 = 19 * 1024;
+/// argon2id passes over that memory: expected tens of milliseconds native
+/// and a few hundred under QEMU's TCG (about ten times slower) per
+/// verification — well under a second on a small VM, costly for offline
+/// guessing. (Not yet timed on a node.)
+pub const TOKEN_HASH_PASSES: u32 = 2;
+/// argon2id lanes: one, as the API verifies on one blocking thread.
+pub const TOKEN_HASH_LANES: u32 = 1;
+/// The most memory (KiB) a stored hash may ask a verification for: a
+/// settings file with a hostile cost must not make every request allocate
+/// gigabytes.
+pub const TOKEN_HASH_MAX_MEMORY_KIB: u32 = 64 * 1024;
+/// The most passes a stored hash may ask for (same reason).
+pub const TOKEN_HASH_MAX_PASSES: u32 = 8;
+/// The most lanes a stored hash may ask for (same reason).
+pub const TOKEN_HASH_MAX_LANES: u32 = 4;
+
+/// The API token's salted slow hash: argon2id in PHC string format
+/// (`$argon2id$v=19$m=…,t=…,p=…$<salt>$<hash>`). A new one gets a fresh
+/// random salt, so two hashes of the same token differ. A stored one is
+/// accepted only as argon2id with a salt, an output and costs within the
+/// bounds above.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SaltedTokenHash(String);
+
+impl fmt::Debug for SaltedTokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not secret, but no reason to spread it through logs either.
+        f.write_str("SaltedTokenHash(argon2id)")
+    }
+}
+
+fn check_salted_token_hash(s: &str) -> Result<(), String> {
+    argon2_params(s).map(|_| ())
+}
+
+/// The argon2id parameters of a PHC string, refused unless it is a complete
+/// argon2id hash with costs within bounds.
+fn argon2_params(s: &str) -> Result<argon2::Params, String> {
+    let bad = |why: &str| Err(format!("not an argon2id hash in PHC string format: {why}"));
+    if s.len() > 512 {
+        return bad("too long");
+    }
+    let Ok(phc) = argon2::PasswordHash::new(s) else {
+        return bad("unparsable");
+    };
+    if phc.algorithm.as_str() != "argon2id" {
+        return bad("another algorithm");
+    }
+    if phc.salt.is_none() || phc.hash.is_none() {
+        return bad("no salt or no hash");
+    }
+    let Ok(params) = argon2::Params::try_from(&phc) else {
+        return bad("bad parameters");
+    };
+    if params.m_cost() > TOKEN_HASH_MAX_MEMORY_KIB
+        || params.t_cost() > TOKEN_HASH_MAX_PASSES
+        || params.p_cost() > TOKEN_HASH_MAX_LANES
+    {
+        return bad("costs above the bounds a node verifies");
+    }
+    Ok(params)
+}
+string_type!(SaltedTokenHash, check_salted_token_hash);
+
+impl SaltedTokenHash {
+    /// Hashes `token` with a fresh random salt. Slow on purpose (see
+    /// [`TOKEN_HASH_PASSES`]); fails only when the system's random source
+    /// does.
+    pub fn of(token: &str) -> Result<SaltedTokenHash, String> {
+        use argon2::PasswordHasher;
+        let params = argon2::Params::new(
+            TOKEN_HASH_MEMORY_KIB,
+            TOKEN_HASH_PASSES,
+            TOKEN_HASH_LANES,
+            None,
+        )
+        .map_err(|e| format!("argon2 parameters: {e}"))?;
+        let hasher =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let hash = hasher
+            .hash_password(token.as_bytes())
+            .map_err(|e| format!("cannot hash the token: {e}"))?;
+        Ok(SaltedTokenHash(hash.to_string()))
+    }
+
+    /// Whether `token` is the token this hashes (slow: one argon2id run with
+    /// the stored costs; the comparison is constant-time).
+    pub fn verify(&self, token: &str) -> bool {
+        use argon2::PasswordVerifier;
+        let Ok(phc) = argon2::PasswordHash::new(&self.0) else {
+            return false;
+        };
+        argon2::Argon2::default()
+            .verify_password(token.as_bytes(), &phc)
+            .is_ok()
+    }
+}
+
+/// What a presented token is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck<'a> {
+    /// No token is set: remote access is refused.
+    None,
+    /// The salted slow hash.
+    Salted(&'a SaltedTokenHash),
+    /// An older settings file's unsalted SHA-256.
+    Sha256(&'a TokenHash),
+}
+
+impl TokenCheck<'_> {
+    /// The stored text checked against (the PHC string or the hex
+    /// SHA-256): what a cache of verified tokens must be keyed on, so that
+    /// a new token invalidates it.
+    pub fn stored(&self) -> Option<&str> {
+        match self {
+            TokenCheck::None => None,
+            TokenCheck::Salted(h) => Some(h.as_str()),
+            TokenCheck::Sha256(h) => Some(h.as_str()),
+        }
+    }
+
+    /// Whether `token` matches; slow for [`TokenCheck::Salted`].
+    pub fn verify(&self, token: &str) -> bool {
+        match self {
+            TokenCheck::None => false,
+            TokenCheck::Salted(h) => h.verify(token),
+            TokenCheck::Sha256(h) => h.matches(token),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Api {
-    /// None: remote access is refused until a token is set.
+    /// The token's salted slow hash; set from `api.token` in a change or
+    /// the user data. None and no `token_sha256`: remote access is refused
+    /// until a token is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_hash: Option<SaltedTokenHash>,
+    /// The unsalted SHA-256 an older version stored; accepted until a new
+    /// token is set, which drops it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_sha256: Option<TokenHash>,
+}
+
+impl Api {
+    /// Whether remote callers can authenticate at all.
+    pub fn token_set(&self) -> bool {
+        self.token_hash.is_some() || self.token_sha256.is_some()
+    }
+
+    /// What a presented token is checked against: the salted hash when
+    /// there is one, else an older file's SHA-256.
+    pub fn token_check(&self) -> TokenCheck<'_> {
+        match (&self.token_hash, &self.token_sha256) {
+            (Some(h), _) => TokenCheck::Salted(h),
+            (None, Some(h)) => TokenCheck::Sha256(h),
+            (None, None) => TokenCheck::None,
+        }
+    }
+}
+
+/// The served tree's `api`: whether a token is set, never a hash of it.
+fn redact_token(tree: &mut serde_json::Value, token_set: bool) {
+    let Some(root) = tree.as_object_mut() else {
+        return;
+    };
+    let api = root
+        .entry("api")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if let Some(api) = api.as_object_mut() {
+        api.remove("token_hash");
+        api.remove("token_sha256");
+        api.insert("token_set".into(), serde_json::Value::Bool(token_set));
+    }
 }
 
 /// Where updates come from: an http(s) URL of a directory with an index.
@@ -565,11 +750,13 @@ mod tests {
             "a user name needs its password"
         );
         // The password is stored but not served: the served view is the
-        // document less it.
+        // document less it, and says that a token is set but not its hash.
         let mut stored = v.clone();
         stored["registries"]["registry.example.org:5000"]["password"] = json!("s3cret-token");
         let s = Settings::from_value(stored.clone()).expect("valid");
-        assert_eq!(s.to_value(), v);
+        let mut served = v.clone();
+        served["api"] = json!({ "token_set": true });
+        assert_eq!(s.to_value(), served);
         assert_eq!(s.to_value_with_secrets(), stored);
         assert_eq!(s.get("network.dns"), Some(json!(["10.0.2.3"])));
         assert_eq!(s.get("network.nope"), None);
@@ -685,6 +872,71 @@ rawXA/G634PBMkoVfSz5WyiAzGWseraMHMBoQ7cZ
         assert!(e.message.contains("not CERTIFICATE blocks"), "{e}");
         let e = ca_err(&"x".repeat(MAX_CA_TEXT + 1));
         assert!(e.message.contains("exceed"), "{e}");
+    }
+
+    #[test]
+    fn a_salted_hash_verifies_its_token_only() {
+        let h = SaltedTokenHash::of("correct-horse-battery-staple").expect("hashed");
+        assert!(h.as_str().starts_with("$argon2id$"), "PHC string");
+        assert!(h.verify("correct-horse-battery-staple"));
+        assert!(!h.verify("correct-horse-battery-stapl"));
+        let again = SaltedTokenHash::of("correct-horse-battery-staple").expect("hashed");
+        assert_ne!(h, again, "salted: the same token hashes differently");
+        // A stored hash reads back, and verifies the same.
+        let s = Settings::from_value(json!({ "api": { "token_hash": h.as_str() } }))
+            .expect("a stored hash");
+        assert_eq!(s.api.token_check(), TokenCheck::Salted(&h));
+        assert!(s.api.token_check().verify("correct-horse-battery-staple"));
+        assert_eq!(s.api.token_check().stored(), Some(h.as_str()));
+    }
+
+    #[test]
+    fn a_stored_hash_that_is_not_a_bounded_argon2id_is_refused() {
+        let salt_and_hash = "$c29tZXNhbHQ$iWh06vD8Fy27wf9npn6FXWiCX4K6pW6Ue1Bnzz07Z8A";
+        for bad in [
+            "",
+            "0123",
+            &format!("$argon2i$v=19$m=19456,t=2,p=1{salt_and_hash}"),
+            "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ",
+            &format!("$argon2id$v=19$m=4194304,t=2,p=1{salt_and_hash}"),
+            &format!("$argon2id$v=19$m=19456,t=1000,p=1{salt_and_hash}"),
+            &format!("$argon2id$v=19$m=19456,t=2,p=64{salt_and_hash}"),
+        ] {
+            assert_eq!(
+                err(json!({ "api": { "token_hash": bad } })).path,
+                "api.token_hash",
+                "{bad:?}"
+            );
+        }
+        let fine = format!("$argon2id$v=19$m=19456,t=2,p=1{salt_and_hash}");
+        assert!(Settings::from_value(json!({ "api": { "token_hash": fine } })).is_ok());
+    }
+
+    #[test]
+    fn neither_hash_of_the_token_is_served() {
+        let salted = SaltedTokenHash::of("0123456789abcdef").expect("hashed");
+        let old = TokenHash::of("0123456789abcdef");
+        for api in [
+            json!({ "token_hash": salted.as_str() }),
+            json!({ "token_sha256": old.as_str() }),
+            json!({ "token_hash": salted.as_str(), "token_sha256": old.as_str() }),
+        ] {
+            let s = Settings::from_value(json!({ "api": api })).expect("valid");
+            let served = s.to_value();
+            assert_eq!(served["api"], json!({ "token_set": true }), "{api}");
+            let text = served.to_string();
+            assert!(!text.contains(salted.as_str()) && !text.contains(old.as_str()));
+            assert!(!text.contains("argon2") && !text.contains("token_sha256"));
+            assert_eq!(s.get("api"), Some(json!({ "token_set": true })));
+            assert_eq!(s.get("api.token_hash"), None);
+            assert_eq!(s.get("api.token_sha256"), None);
+            // The file keeps them.
+            assert_eq!(s.to_value_with_secrets()["api"], api);
+        }
+        assert_eq!(
+            Settings::default().to_value()["api"],
+            json!({ "token_set": false })
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! as they arrive, and committed all at once or not at all.
 
 use crate::error::SettingsError;
-use crate::settings::{check_token, Area, Settings, TokenHash};
+use crate::settings::{check_token, Area, SaltedTokenHash, Settings};
 use serde_json::{Map, Value};
 
 /// RFC 7396 JSON merge patch: objects merge key by key, `null` deletes, any
@@ -26,10 +26,29 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// A change as the store stages it: a JSON object in which a plain
+/// `api.token` has been replaced by its salted hash. Preparing is the slow
+/// part of staging (argon2id, when the change sets a token), so a server can
+/// do it before it takes the lock that guards its [`Store`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared(Value);
+
+impl Prepared {
+    /// The patch to merge.
+    pub fn value(&self) -> &Value {
+        &self.0
+    }
+}
+
+/// The `api` keys derived from `api.token`, which a change may not set itself.
+const DERIVED_TOKEN_KEYS: [&str; 3] = ["token_hash", "token_sha256", "token_set"];
+
 /// Turns a patch as users write it into one the tree accepts: the document
-/// must be an object, and a plain `api.token` is replaced by its hash (the
-/// token itself is never kept). Setting `api.token_sha256` directly is refused.
-pub fn prepare_patch(mut patch: Value) -> Result<Value, SettingsError> {
+/// must be an object, and a plain `api.token` is replaced by its salted
+/// hash (`api.token_hash`; the token itself is never kept), which also drops
+/// an older version's unsalted `api.token_sha256`; `"token": null` removes
+/// both. Setting a hash, or the served `token_set`, directly is refused.
+pub fn prepare_patch(mut patch: Value) -> Result<Prepared, SettingsError> {
     let Value::Object(root) = &mut patch else {
         return Err(SettingsError::new(
             "",
@@ -37,29 +56,28 @@ pub fn prepare_patch(mut patch: Value) -> Result<Value, SettingsError> {
         ));
     };
     if let Some(Value::Object(api)) = root.get_mut("api") {
-        if api.contains_key("token_sha256") {
+        if let Some(key) = DERIVED_TOKEN_KEYS.iter().find(|k| api.contains_key(**k)) {
             return Err(SettingsError::new(
-                "api.token_sha256",
+                format!("api.{key}"),
                 "derived from api.token; set api.token instead",
             ));
         }
         if let Some(token) = api.remove("token") {
-            match token {
+            let hash = match token {
                 Value::String(t) => {
                     check_token(&t).map_err(|m| SettingsError::new("api.token", m))?;
-                    api.insert(
-                        "token_sha256".into(),
-                        Value::String(TokenHash::of(&t).as_str().to_string()),
-                    );
+                    let hash =
+                        SaltedTokenHash::of(&t).map_err(|m| SettingsError::new("api.token", m))?;
+                    Value::String(hash.as_str().to_string())
                 }
-                Value::Null => {
-                    api.insert("token_sha256".into(), Value::Null);
-                }
+                Value::Null => Value::Null,
                 _ => return Err(SettingsError::new("api.token", "must be a string")),
-            }
+            };
+            api.insert("token_hash".into(), hash);
+            api.insert("token_sha256".into(), Value::Null);
         }
     }
-    Ok(patch)
+    Ok(Prepared(patch))
 }
 
 /// Why a commit did not take effect.
@@ -98,9 +116,14 @@ impl Store {
     /// settings if there is none). A bad patch changes nothing.
     pub fn stage(&mut self, patch: Value) -> Result<&Settings, SettingsError> {
         let patch = prepare_patch(patch)?;
+        self.stage_prepared(&patch)
+    }
+
+    /// [`Store::stage`] of a change already prepared ([`prepare_patch`]).
+    pub fn stage_prepared(&mut self, patch: &Prepared) -> Result<&Settings, SettingsError> {
         let base = self.pending.as_ref().unwrap_or(&self.committed);
         let mut tree = base.to_value_with_secrets();
-        merge_patch(&mut tree, &patch);
+        merge_patch(&mut tree, &patch.0);
         let mut staged = Settings::from_value(tree)?;
         // What the settings file held that this version does not know stays
         // only where its place survived the change (a removed container
@@ -212,10 +235,15 @@ mod tests {
         let staged = store
             .stage(json!({ "api": { "token": "0123456789abcdef" } }))
             .expect("valid");
-        let hash = staged.api.token_sha256.clone().expect("hash stored");
-        assert!(hash.matches("0123456789abcdef"));
+        let hash = staged.api.token_hash.clone().expect("hash stored");
+        assert!(hash.as_str().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(hash.verify("0123456789abcdef"));
+        assert!(!hash.verify("0123456789abcdeF"));
         assert!(
-            !staged.to_value().to_string().contains("0123456789abcdef"),
+            !staged
+                .to_value_with_secrets()
+                .to_string()
+                .contains("0123456789abcdef"),
             "the token itself is not kept"
         );
         assert_eq!(
@@ -225,18 +253,61 @@ mod tests {
                 .path,
             "api.token"
         );
-        assert_eq!(
-            store
-                .stage(json!({ "api": { "token_sha256": hash.as_str() } }))
-                .expect_err("derived")
-                .path,
-            "api.token_sha256"
-        );
+        for derived in ["token_hash", "token_sha256", "token_set"] {
+            assert_eq!(
+                store
+                    .stage(json!({ "api": { derived: hash.as_str() } }))
+                    .expect_err("derived")
+                    .path,
+                format!("api.{derived}")
+            );
+        }
         let cleared = store
             .stage(json!({ "api": { "token": null } }))
             .expect("valid");
-        assert!(cleared.api.token_sha256.is_none());
+        assert!(cleared.api.token_hash.is_none());
+        assert!(!cleared.api.token_set());
         assert!(store.stage(json!(["not", "an", "object"])).is_err());
+    }
+
+    #[test]
+    fn the_same_token_set_twice_is_stored_under_different_salts() {
+        let mut store = Store::new(Settings::default());
+        let patch = json!({ "api": { "token": "0123456789abcdef" } });
+        let first = store.stage(patch.clone()).expect("valid").clone();
+        let second = store.stage(patch).expect("valid").clone();
+        let (a, b) = (
+            first.api.token_hash.expect("hash"),
+            second.api.token_hash.expect("hash"),
+        );
+        assert_ne!(a.as_str(), b.as_str(), "a fresh salt each time");
+        assert!(a.verify("0123456789abcdef") && b.verify("0123456789abcdef"));
+    }
+
+    #[test]
+    fn a_new_token_drops_an_older_versions_sha256() {
+        use crate::settings::{TokenCheck, TokenHash};
+        let old = Settings::from_value(json!({
+            "api": { "token_sha256": TokenHash::of("old-token-0123456789").as_str() }
+        }))
+        .expect("an older version's settings");
+        assert!(matches!(old.api.token_check(), TokenCheck::Sha256(_)));
+        assert!(old.api.token_check().verify("old-token-0123456789"));
+        let mut store = Store::new(old);
+        let staged = store
+            .stage(json!({ "api": { "token": "new-token-0123456789" } }))
+            .expect("valid");
+        assert!(
+            staged.api.token_sha256.is_none(),
+            "the unsalted hash is gone"
+        );
+        assert!(matches!(staged.api.token_check(), TokenCheck::Salted(_)));
+        assert!(staged.api.token_check().verify("new-token-0123456789"));
+        assert!(!staged.api.token_check().verify("old-token-0123456789"));
+        let cleared = store
+            .stage(json!({ "api": { "token": null } }))
+            .expect("valid");
+        assert_eq!(cleared.api.token_check(), TokenCheck::None);
     }
 
     #[test]

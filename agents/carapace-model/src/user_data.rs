@@ -72,7 +72,7 @@ fn settings_of(doc: toml::Value) -> Result<Settings, SettingsError> {
     let patch = serde_json::to_value(doc).map_err(|e| SettingsError::new("", e.to_string()))?;
     let patch = prepare_patch(patch)?;
     let mut tree = Settings::default().to_value_with_secrets();
-    merge_patch(&mut tree, &patch);
+    merge_patch(&mut tree, patch.value());
     Settings::from_value(tree)
 }
 
@@ -100,11 +100,15 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(s.hostname.as_str(), "node-1");
-        assert!(s
-            .api
-            .token_sha256
-            .as_ref()
-            .is_some_and(|h| h.matches("0123456789abcdef")));
+        let hash = s.api.token_hash.as_ref().expect("the token's salted hash");
+        assert!(hash.verify("0123456789abcdef"));
+        assert!(s.api.token_sha256.is_none());
+        assert!(
+            !s.to_value_with_secrets()
+                .to_string()
+                .contains("0123456789abcdef"),
+            "the token itself is not kept"
+        );
         assert!(!s.network.dhcp);
         assert_eq!(s.network.routes.len(), 1);
         assert_eq!(
@@ -223,7 +227,7 @@ mod tests {
         let tls = u.tls.expect("a TLS pair");
         assert!(tls.certificate.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(tls.key.starts_with("-----BEGIN PRIVATE KEY-----"));
-        assert!(u.settings.api.token_sha256.is_some());
+        assert!(u.settings.api.token_hash.is_some());
         assert!(!u.settings.to_value().to_string().contains("PRIVATE KEY"));
         assert_eq!(
             parse("[api]\ncertificate = \"-----BEGIN CERTIFICATE-----\"\n")
