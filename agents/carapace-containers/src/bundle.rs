@@ -7,6 +7,7 @@
 //! | `rootfs/` | an overlayfs: the image layers read-only, `upper/` on top |
 //! | `upper/`, `work/` | the container's writable layer and overlayfs' scratch directory |
 //! | `overlay` | the mount options `rootfs` was last mounted with |
+//! | `volumes/<i>` | staging mount points: volume `i` of the settings, bound here through a descriptor |
 //! | `resolv.conf`, `hosts` | bound over the container's /etc files with `host_network`; rewritten in place, so a running container sees a change |
 //! | `crun.log` | crun's own error messages of the last run ([`crate::runtime`]) |
 //!
@@ -15,6 +16,22 @@
 //! recorded in `overlay`, `upper/` and `work/` start empty. [`Bundle::remove`]
 //! unmounts and deletes everything, and refuses to delete while `rootfs` is
 //! still a mount point (which would delete through the overlay).
+//!
+//! **Volumes are bound through descriptors, never paths.** A volume source
+//! is a directory under the volumes root that a container may be able to
+//! write (its own volume, or a parent of another's): a symbolic link put
+//! there between a check and crun's mount would bind any directory of the
+//! node into the container. So the agent opens each source one component
+//! at a time from the volumes root with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` (creating what is missing),
+//! clones the directory that descriptor refers to with `open_tree` and
+//! attaches the clone with `move_mount` on `volumes/<i>` in the bundle, a
+//! directory no container can reach; then remounts it `nosuid,nodev` (and
+//! read-only when asked). crun binds that staging mount point, whose path
+//! holds nothing a container controls. The staging mounts are unmounted
+//! with the rootfs ([`Bundle::unmount_rootfs`]), and removal refuses to
+//! delete while one is still mounted, which would delete the volume's
+//! contents through it.
 //!
 //! The overlay is mounted with mount(2), whose option string must fit in one
 //! page: with layer paths of about 100 bytes that is about 40 layers. A
@@ -32,6 +49,7 @@ use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::Spec;
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// The longest mount(2) option string: one 4 KiB page less the NUL.
@@ -75,6 +93,14 @@ pub trait Mounter {
     fn unmount(&self, target: &Path) -> io::Result<()>;
     /// Whether `path` is the root of a mount.
     fn is_mount_point(&self, path: &Path) -> io::Result<bool>;
+    /// Binds the directory `source` refers to on `target` (an empty
+    /// directory), `nosuid` and `nodev`, read-only if `read_only`.
+    fn bind_directory(
+        &self,
+        source: BorrowedFd<'_>,
+        target: &Path,
+        read_only: bool,
+    ) -> io::Result<()>;
 }
 
 /// The real thing, through rustix.
@@ -123,6 +149,37 @@ impl Mounter for KernelMounter {
             u64::from(st.stx_dev_major) != u64::from(rustix::fs::major(up.st_dev))
                 || u64::from(st.stx_dev_minor) != u64::from(rustix::fs::minor(up.st_dev)),
         )
+    }
+
+    fn bind_directory(
+        &self,
+        source: BorrowedFd<'_>,
+        target: &Path,
+        read_only: bool,
+    ) -> io::Result<()> {
+        use rustix::mount::{MountFlags, MoveMountFlags, OpenTreeFlags};
+        // A detached copy of the mount at the directory the descriptor
+        // holds: no path is looked up again.
+        let tree = rustix::mount::open_tree(
+            source,
+            "",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_EMPTY_PATH,
+        )?;
+        rustix::mount::move_mount(
+            &tree,
+            "",
+            rustix::fs::CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )?;
+        let mut flags = MountFlags::BIND | MountFlags::NOSUID | MountFlags::NODEV;
+        if read_only {
+            flags |= MountFlags::RDONLY;
+        }
+        rustix::mount::mount_remount(target, flags, "")?;
+        Ok(())
     }
 }
 
@@ -179,14 +236,13 @@ pub fn hosts_file(hostname: &str) -> String {
     )
 }
 
-/// Creates the directory of a volume under `volumes_dir` if missing, one
-/// component at a time, refusing any component that is a symbolic link: a
-/// container that can write to one volume must not make another volume's
-/// source point anywhere else on the node.
-pub fn ensure_volume_source(
-    volumes_dir: &Path,
-    source: &VolumePath,
-) -> Result<PathBuf, BundleError> {
+/// Opens the directory of a volume under `volumes_dir`, creating it if
+/// missing, one component at a time, refusing any component that is a
+/// symbolic link or another filesystem: a container that can write to one
+/// volume must not make another volume's source point anywhere else on the
+/// node. The descriptor is what gets bound ([`Mounter::bind_directory`]):
+/// whatever happens to the path afterwards, it is this directory.
+pub fn open_volume_source(volumes_dir: &Path, source: &VolumePath) -> Result<OwnedFd, BundleError> {
     let full = volumes_dir.join(source.as_str());
     let fail = |why: String| BundleError::Volume {
         path: full.clone(),
@@ -219,11 +275,14 @@ pub fn ensure_volume_source(
             component,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
-            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
+            ResolveFlags::NO_SYMLINKS
+                | ResolveFlags::BENEATH
+                | ResolveFlags::NO_MAGICLINKS
+                | ResolveFlags::NO_XDEV,
         )
         .map_err(|e| fail(format!("cannot open {component:?}: {e}")))?;
     }
-    Ok(full)
+    Ok(dir)
 }
 
 /// Creates the directory `path` (absolute, as the container sees it) in
@@ -331,6 +390,10 @@ impl Bundle {
     pub fn crun_log(&self) -> PathBuf {
         self.dir.join("crun.log")
     }
+    /// The directory of the volumes' staging mount points.
+    pub fn volume_staging(&self) -> PathBuf {
+        self.dir.join("volumes")
+    }
 
     /// The node's files the spec of this bundle points at.
     pub fn host_files(&self) -> HostFiles {
@@ -381,8 +444,69 @@ impl Bundle {
             .map_err(io_error("mount the overlay on", &rootfs))
     }
 
-    /// Unmounts `rootfs` if it is mounted.
+    /// Binds the source of every volume of `container` on its staging mount
+    /// point (`volumes/<i>`), through a descriptor (see the module
+    /// documentation). Earlier staging mounts must be gone
+    /// ([`Bundle::unmount_volumes`]).
+    pub fn stage_volumes(
+        &self,
+        mounter: &dyn Mounter,
+        container: &Container,
+    ) -> Result<(), BundleError> {
+        let staging = self.volume_staging();
+        Self::create_dir(&staging)?;
+        let files = self.host_files();
+        for (index, m) in container.mounts.iter().enumerate() {
+            let source = open_volume_source(&self.volumes_dir, &m.source)?;
+            let point = files.volume_mount_point(index);
+            match std::fs::create_dir(&point) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_error("create", &point)(e)),
+            }
+            mounter
+                .bind_directory(source.as_fd(), &point, m.read_only)
+                .map_err(|e| BundleError::Volume {
+                    path: files.volume_source(&m.source),
+                    why: format!("cannot bind it on {}: {e}", point.display()),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Unmounts every staging mount point in `volumes/` and removes the
+    /// (then empty) directories; refuses when one stays mounted.
+    pub fn unmount_volumes(&self, mounter: &dyn Mounter) -> Result<(), BundleError> {
+        let staging = self.volume_staging();
+        let entries = match std::fs::read_dir(&staging) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error("list", &staging)(e)),
+        };
+        for entry in entries {
+            let point = entry.map_err(io_error("list", &staging))?.path();
+            let mounted = |p: &Path| mounter.is_mount_point(p).map_err(io_error("inspect", p));
+            if mounted(&point)? {
+                mounter
+                    .unmount(&point)
+                    .map_err(io_error("unmount", &point))?;
+            }
+            if mounted(&point)? {
+                return Err(BundleError::StillMounted { path: point });
+            }
+            // Only an empty directory goes: never anything through a mount.
+            match std::fs::remove_dir(&point) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("remove", &point)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmounts the volumes' staging mounts and `rootfs` if it is mounted.
     pub fn unmount_rootfs(&self, mounter: &dyn Mounter) -> Result<(), BundleError> {
+        self.unmount_volumes(mounter)?;
         let rootfs = self.rootfs();
         match mounter.is_mount_point(&rootfs) {
             Ok(true) => mounter
@@ -411,8 +535,9 @@ impl Bundle {
     }
 
     /// Everything a run needs: the rootfs mounted, the user resolved in it,
-    /// the volume sources created, `resolv.conf` and `hosts`, the working
-    /// directory present, and `config.json`. Returns the spec written.
+    /// the volume sources created and bound on their staging mount points,
+    /// `resolv.conf` and `hosts`, the working directory present, and
+    /// `config.json`. Returns the spec written.
     pub fn prepare(
         &self,
         mounter: &dyn Mounter,
@@ -432,9 +557,7 @@ impl Bundle {
                 source,
             },
         )?;
-        for m in &container.mounts {
-            ensure_volume_source(&self.volumes_dir, &m.source)?;
-        }
+        self.stage_volumes(mounter, container)?;
         self.write_host_files(resolv_conf)?;
         let spec = spec::generate(
             &self.name,
@@ -459,6 +582,16 @@ impl Bundle {
         let rootfs = self.rootfs();
         if matches!(mounter.is_mount_point(&rootfs), Ok(true)) {
             return Err(BundleError::StillMounted { path: rootfs });
+        }
+        // unmount_rootfs removed every staging point it could unmount.
+        if let Some(left) = std::fs::read_dir(self.volume_staging())
+            .ok()
+            .and_then(|mut entries| entries.next())
+        {
+            let path = left
+                .map(|e| e.path())
+                .unwrap_or_else(|_| self.volume_staging());
+            return Err(BundleError::StillMounted { path });
         }
         std::fs::remove_dir_all(&self.dir).map_err(io_error("remove", &self.dir))
     }
@@ -508,6 +641,29 @@ mod tests {
         fn is_mount_point(&self, path: &Path) -> io::Result<bool> {
             Ok(self.mounted.borrow().contains(path))
         }
+        fn bind_directory(
+            &self,
+            source: BorrowedFd<'_>,
+            target: &Path,
+            read_only: bool,
+        ) -> io::Result<()> {
+            // Which directory the descriptor holds, by inode.
+            let st = rustix::fs::fstat(source)?;
+            self.calls.borrow_mut().push(format!(
+                "bind inode {} on {}{}",
+                st.st_ino,
+                target.display(),
+                if read_only { " ro" } else { "" }
+            ));
+            self.mounted.borrow_mut().insert(target.to_path_buf());
+            Ok(())
+        }
+    }
+
+    fn inode(path: &Path) -> u64 {
+        std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .expect("stat")
     }
 
     fn name(s: &str) -> ContainerName {
@@ -658,16 +814,169 @@ mod tests {
         let root = temp("volumes");
         let volumes = root.join("volumes");
         let source = VolumePath::try_from("web/html".to_string()).expect("path");
-        let made = ensure_volume_source(&volumes, &source).expect("created");
-        assert_eq!(made, volumes.join("web/html"));
-        assert!(made.is_dir());
-        ensure_volume_source(&volumes, &source).expect("existing is fine");
+        let fd = open_volume_source(&volumes, &source).expect("created");
+        assert!(volumes.join("web/html").is_dir());
+        assert_eq!(
+            rustix::fs::fstat(&fd).expect("fstat").st_ino,
+            inode(&volumes.join("web/html")),
+            "the descriptor is the volume's directory"
+        );
+        open_volume_source(&volumes, &source).expect("existing is fine");
 
         std::os::unix::fs::symlink("/etc", volumes.join("web/evil")).expect("link");
         let evil = VolumePath::try_from("web/evil/sub".to_string()).expect("path");
-        let err = ensure_volume_source(&volumes, &evil).expect_err("link refused");
+        let err = open_volume_source(&volumes, &evil).expect_err("link refused");
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert!(!Path::new("/etc/sub").exists());
+        // A link as the last component is refused too.
+        let last = VolumePath::try_from("web/evil".to_string()).expect("path");
+        let err = open_volume_source(&volumes, &last).expect_err("link refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn volumes_are_staged_by_descriptor_and_unstaged_with_the_rootfs() {
+        let root = temp("stage");
+        let b = Bundle::with_volumes_dir(&root.join("run"), &name("web"), &root.join("volumes"));
+        let container: Container = serde_json::from_value(json!({
+            "image": "app:1",
+            "mounts": [
+                { "source": "web/data", "target": "/data" },
+                { "source": "shared", "target": "/shared", "read_only": true },
+            ],
+        }))
+        .expect("settings");
+        let m = FakeMounter::default();
+        b.mount_rootfs(&m, &[PathBuf::from("/l/a")]).expect("mount");
+        b.stage_volumes(&m, &container).expect("staged");
+        let staging = b.volume_staging();
+        let calls = m.calls.borrow().clone();
+        assert_eq!(
+            calls[1..],
+            [
+                format!(
+                    "bind inode {} on {}",
+                    inode(&root.join("volumes/web/data")),
+                    staging.join("0").display()
+                ),
+                format!(
+                    "bind inode {} on {} ro",
+                    inode(&root.join("volumes/shared")),
+                    staging.join("1").display()
+                ),
+            ]
+        );
+        // Removal unmounts the staging points before deleting anything.
+        b.remove(&m).expect("remove");
+        let calls = m.calls.borrow().clone();
+        assert!(calls.contains(&format!("unmount {}", staging.join("0").display())));
+        assert!(calls.contains(&format!("unmount {}", staging.join("1").display())));
+        assert!(!b.dir().exists());
+        assert!(root.join("volumes/web/data").is_dir(), "the volume stays");
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn removal_refuses_while_a_volume_stays_mounted() {
+        let root = temp("stuckvol");
+        let b = Bundle::with_volumes_dir(&root.join("run"), &name("web"), &root.join("volumes"));
+        let container: Container = serde_json::from_value(json!({
+            "image": "app:1", "mounts": [{ "source": "data", "target": "/data" }],
+        }))
+        .expect("settings");
+        let stuck = FakeMounter {
+            stuck: true,
+            ..FakeMounter::default()
+        };
+        b.stage_volumes(&stuck, &container).expect("staged");
+        std::fs::write(root.join("volumes/data/precious"), "x").expect("file");
+        let err = b.remove(&stuck).expect_err("still mounted");
+        assert!(matches!(err, BundleError::StillMounted { .. }), "{err}");
+        assert!(b.volume_staging().join("0").exists(), "nothing deleted");
+        assert!(root.join("volumes/data/precious").exists());
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    /// The real bind (the tests run as root): a source swapped for a link
+    /// after it was opened still binds the directory that was opened, and
+    /// the staging mount is nosuid, nodev and read-only when asked.
+    #[test]
+    fn a_volume_swapped_for_a_link_after_opening_binds_what_was_opened() {
+        let root = temp("swap");
+        let volumes = root.join("volumes");
+        let secret = root.join("secret");
+        std::fs::create_dir_all(volumes.join("web/data")).expect("volume");
+        std::fs::create_dir_all(&secret).expect("secret");
+        std::fs::write(volumes.join("web/data/inside"), "volume").expect("file");
+        std::fs::write(secret.join("node-file"), "node").expect("file");
+        let source = VolumePath::try_from("web/data".to_string()).expect("path");
+        let fd = open_volume_source(&volumes, &source).expect("opened");
+        // The container that owns web/ swaps data for a link to the node.
+        std::fs::rename(volumes.join("web/data"), volumes.join("web/moved")).expect("rename");
+        std::os::unix::fs::symlink(&secret, volumes.join("web/data")).expect("link");
+
+        let b = Bundle::with_volumes_dir(&root.join("run"), &name("web"), &volumes);
+        /// Unmounts even when an assertion fails.
+        struct Cleanup(Bundle);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = self.0.unmount_volumes(&KernelMounter);
+            }
+        }
+        let _cleanup = Cleanup(b.clone());
+        let point = b.volume_staging().join("0");
+        std::fs::create_dir_all(&point).expect("point");
+        let m = KernelMounter;
+        m.bind_directory(fd.as_fd(), &point, true).expect("bind");
+        assert!(m.is_mount_point(&point).expect("statx"));
+        assert!(point.join("inside").exists(), "the opened directory");
+        assert!(!point.join("node-file").exists(), "not the link's target");
+        let flags = rustix::fs::statvfs(&point).expect("statvfs").f_flag;
+        use rustix::fs::StatVfsMountFlags as F;
+        assert!(
+            flags.contains(F::NOSUID | F::NODEV | F::RDONLY),
+            "{flags:?}"
+        );
+        assert!(std::fs::write(point.join("new"), "x").is_err(), "read-only");
+
+        b.unmount_volumes(&m).expect("unmounted");
+        assert!(!point.exists(), "the staging point is gone");
+        assert!(
+            volumes.join("web/moved/inside").exists(),
+            "the volume is intact"
+        );
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn a_real_staged_volume_takes_writes_and_is_removed_with_the_bundle() {
+        let root = temp("realvol");
+        let b = Bundle::with_volumes_dir(&root.join("run"), &name("web"), &root.join("volumes"));
+        let container: Container = serde_json::from_value(json!({
+            "image": "app:1", "mounts": [{ "source": "web/data", "target": "/data" }],
+        }))
+        .expect("settings");
+        struct Cleanup(Bundle);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = self.0.unmount_volumes(&KernelMounter);
+            }
+        }
+        let _cleanup = Cleanup(b.clone());
+        b.stage_volumes(&KernelMounter, &container).expect("staged");
+        let point = b.volume_staging().join("0");
+        std::fs::write(point.join("written"), "x").expect("write through");
+        assert!(root.join("volumes/web/data/written").exists());
+        let flags = rustix::fs::statvfs(&point).expect("statvfs").f_flag;
+        use rustix::fs::StatVfsMountFlags as F;
+        assert!(flags.contains(F::NOSUID | F::NODEV) && !flags.contains(F::RDONLY));
+        b.remove(&KernelMounter).expect("removed");
+        assert!(!b.dir().exists());
+        assert!(
+            root.join("volumes/web/data/written").exists(),
+            "removing the bundle leaves the volume's contents"
+        );
         std::fs::remove_dir_all(&root).ok();
     }
 
@@ -710,6 +1019,22 @@ mod tests {
         assert_eq!(written["process"]["args"], json!(["/app"]));
         assert_eq!(written["process"]["user"]["uid"], 1000);
         assert!(root.join("volumes/web/data").is_dir());
+        assert!(
+            m.calls
+                .borrow()
+                .iter()
+                .any(|c| c.ends_with(&format!("on {}", b.volume_staging().join("0").display()))),
+            "the volume is bound on its staging point"
+        );
+        assert_eq!(
+            written["mounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .find(|m| m["destination"] == "/data")
+                .map(|m| m["source"].clone()),
+            Some(json!(b.volume_staging().join("0")))
+        );
         assert!(b.rootfs().join("work/dir").is_dir(), "working dir made");
         assert_eq!(
             std::fs::read_to_string(b.resolv_conf()).expect("resolv.conf"),

@@ -8,6 +8,8 @@
 //!   Docker's entrypoint/command semantics, environment overlay, namespaces,
 //!   mounts, Docker's default capabilities, runc's masked paths, cgroup v2
 //!   limits in `/carapace.slice/<name>/container`.
+//! - [`seccomp`] — the default system call filter (Docker's in effect),
+//!   as data, decided from the container's capabilities.
 //! - [`image_user`] — the image's `User` as uid/gid, resolved against the
 //!   image's own /etc/passwd and /etc/group (read without leaving the rootfs).
 //! - [`bundle`] — the directory of one container (`config.json`, `upper/`,
@@ -18,6 +20,8 @@
 //!   live in (/run/carapace/logs), under a name no service can have.
 //! - [`policy`] — restart backoff and how a run ended (out of memory,
 //!   signal, status), pure but for reading `memory.events`.
+//! - [`quota`] — the disk bound: the store and the volumes in one ext4
+//!   project quota that leaves a reserve of /var to the node's own state.
 //! - [`status`] — the record per container that the agent publishes as
 //!   /run/carapace/containers.json.
 //! - [`reconcile`] — the agent's decisions, pure: settings and what the
@@ -38,8 +42,10 @@ pub mod bundle;
 pub mod container_log;
 pub mod image_user;
 pub mod policy;
+pub mod quota;
 pub mod reconcile;
 pub mod runtime;
+pub mod seccomp;
 pub mod spec;
 pub mod status;
 

@@ -28,6 +28,9 @@
 //!
 //! Console lines (stdout, each prefixed `carapace-containers: `); tests
 //! wait on these shapes:
+//! - `disk bound: <dirs> (project 4242) at most <n> MiB and <i> inodes of /var's …, enforced`,
+//!   `disk bound: not available: <why>: …` (an older /var), `disk bound: not applied: <error>`
+//!   (first, see [`carapace_containers::quota`])
 //! - `store /var/lib/carapace/containers, runtime <crun> (<crun --version, first line>)`
 //! - `<name>: pulling <image>`
 //! - `<name>: pulled <image> as <sha256:digest> (<n> layers)`
@@ -51,6 +54,8 @@
 //!   `settings error: <why> (no containers)` at start,
 //!   `settings error: <why> (keeping the current containers)` later
 //! - `registries: HTTPS verified against <n> built-in root certificates` (once, at start)
+//! - `carapace.slice: memory.max <n> MiB of <m> MiB (the rest is the node's)`,
+//!   or `cannot limit the containers' memory: <error>` (once, at start)
 //! - `<id>: deleted what crun kept of an earlier run`,
 //!   `<name>: removed the bundle of a container no longer configured` (at start)
 //! - `image store: removed <i> images, <b> blobs and <l> layers that no container uses`
@@ -102,6 +107,11 @@ fn say_about(name: &ContainerName, line: &str) {
 }
 
 fn main() -> std::process::ExitCode {
+    // First, while this is the only thread: the bound drops a capability
+    // per thread, and the threads started later inherit the drop.
+    say(&carapace_containers::quota::console_line(
+        &carapace_containers::quota::bound_on_node(),
+    ));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -139,6 +149,14 @@ async fn run() -> anyhow::Result<()> {
     ));
     std::fs::create_dir_all(runtime.state_root())
         .with_context(|| format!("cannot create {}", runtime.state_root().display()))?;
+    // Before any container runs: together they get what the node can spare.
+    match carapace_containers::runtime::limit_slice_memory(
+        Path::new(CGROUP_ROOT),
+        Path::new("/proc/meminfo"),
+    ) {
+        Ok(limit) => say(&limit.to_string()),
+        Err(e) => say(&format!("cannot limit the containers' memory: {e}")),
+    }
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

@@ -174,6 +174,10 @@ pub struct Entry {
 
 /// The next thing to do for one container.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one action is made and taken at a time; a box would only add an allocation"
+)]
 pub enum Action {
     /// The store has the image: use it, pull nothing.
     UseCached { image: ImageRef, pulled: Pulled },

@@ -21,6 +21,13 @@
 //! [`Runtime::kill`], [`Runtime::delete`] and [`Runtime::state`] run
 //! `crun kill|delete|state` and fail with crun's exit status and stderr.
 //! Every crun command but `run` is given [`COMMAND_TIMEOUT`].
+//!
+//! [`limit_slice_memory`] caps `carapace.slice`, the parent of every
+//! container's cgroup, at what the node can spare
+//! ([`slice_memory_max`]: MemTotal less max(192 MiB, 20 %)), so that the
+//! containers together, with or without their own `memory_max`, cannot
+//! take the memory PID 1 and the agents run in: the kernel's OOM killer
+//! then picks inside the slice.
 
 use crate::bundle::Bundle;
 use crate::container_log::{self, LogWriter};
@@ -317,6 +324,99 @@ impl Runtime {
             other => other,
         }
     }
+}
+
+/// The least memory the node keeps for itself (kernel, PID 1, agents)
+/// outside the containers' slice.
+pub const NODE_RESERVE_MIN: u64 = 192 << 20;
+
+/// The least `memory.max` of the slice, whatever the node's size: a
+/// container's own smallest `memory_max` ([`carapace_model::containers::MIN_MEMORY_MAX`]).
+pub const SLICE_MEMORY_MIN: u64 = carapace_model::containers::MIN_MEMORY_MAX;
+
+/// `memory.max` of `carapace.slice` on a node with `mem_total` bytes: all
+/// but max([`NODE_RESERVE_MIN`], 20 %), never below [`SLICE_MEMORY_MIN`].
+pub fn slice_memory_max(mem_total: u64) -> u64 {
+    let reserve = NODE_RESERVE_MIN.max(mem_total / 5);
+    mem_total.saturating_sub(reserve).max(SLICE_MEMORY_MIN)
+}
+
+/// `MemTotal` of /proc/meminfo text, in bytes.
+pub fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
+    }
+}
+
+/// What [`limit_slice_memory`] set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SliceLimit {
+    pub mem_total: u64,
+    pub memory_max: u64,
+}
+
+impl std::fmt::Display for SliceLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: memory.max {} MiB of {} MiB (the rest is the node's)",
+            crate::CGROUP_PARENT,
+            self.memory_max >> 20,
+            self.mem_total >> 20
+        )
+    }
+}
+
+/// Why the slice could not be limited.
+#[derive(Debug, thiserror::Error)]
+pub enum SliceError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{path} has no MemTotal line in kB")]
+    NoMemTotal { path: PathBuf },
+}
+
+/// Creates `carapace.slice` under `cgroup_root` if missing, enables the
+/// memory and pids controllers for it and its children, and writes its
+/// `memory.max` from `meminfo` (/proc/meminfo on the node).
+pub fn limit_slice_memory(cgroup_root: &Path, meminfo: &Path) -> Result<SliceLimit, SliceError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SliceError::Io { what, path, source }
+    };
+    let text = std::fs::read_to_string(meminfo).map_err(io("read", meminfo))?;
+    let total = mem_total(&text).ok_or_else(|| SliceError::NoMemTotal {
+        path: meminfo.to_path_buf(),
+    })?;
+    let slice = cgroup_root.join(crate::CGROUP_PARENT);
+    match std::fs::create_dir(&slice) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io("create", &slice)(e)),
+        _ => {}
+    }
+    for dir in [cgroup_root, slice.as_path()] {
+        let control = dir.join("cgroup.subtree_control");
+        // One at a time: a controller already on is no error, and one
+        // the kernel lacks must not keep the other off.
+        for controller in ["+memory", "+pids"] {
+            std::fs::write(&control, controller).map_err(io("enable a controller in", &control))?;
+        }
+    }
+    let memory_max = slice_memory_max(total);
+    let file = slice.join("memory.max");
+    std::fs::write(&file, format!("{memory_max}\n")).map_err(io("write", &file))?;
+    Ok(SliceLimit {
+        mem_total: total,
+        memory_max,
+    })
 }
 
 /// `exited with status 1`, `killed by signal SIGKILL`.
@@ -776,6 +876,59 @@ exit 2
         assert!(calls[0].ends_with("delete --force web"), "{calls:?}");
         assert!(calls[1].contains(" run --bundle "), "{calls:?}");
         std::fs::remove_dir_all(&f.dir).ok();
+    }
+
+    #[test]
+    fn the_slice_leaves_the_node_192_mib_or_a_fifth() {
+        const MIB: u64 = 1 << 20;
+        // The test VM: 1 GiB, of which the kernel shows about 980 MiB.
+        assert_eq!(slice_memory_max(980 * MIB), 980 * MIB - 196 * MIB);
+        // Small: the fixed reserve wins.
+        assert_eq!(slice_memory_max(512 * MIB), 320 * MIB);
+        // Large: a fifth.
+        assert_eq!(slice_memory_max(16 << 30), (16 << 30) - (16 << 30) / 5);
+        // Tiny: still something for a container, never an underflow.
+        assert_eq!(slice_memory_max(100 * MIB), SLICE_MEMORY_MIN);
+        assert_eq!(slice_memory_max(0), SLICE_MEMORY_MIN);
+    }
+
+    #[test]
+    fn mem_total_is_read_from_meminfo_in_kib() {
+        let meminfo = "MemTotal:        1003520 kB\nMemFree:          812345 kB\n";
+        assert_eq!(mem_total(meminfo), Some(1_003_520 * 1024));
+        assert_eq!(mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(mem_total("MemTotal: lots kB\n"), None);
+        assert_eq!(mem_total("MemTotal: 5 MB\n"), None);
+    }
+
+    #[test]
+    fn the_slice_gets_its_memory_max_and_controllers() {
+        let dir = temp("slice");
+        let cgroup = dir.join("cgroup");
+        std::fs::create_dir_all(&cgroup).expect("cgroup root");
+        let meminfo = dir.join("meminfo");
+        std::fs::write(&meminfo, "MemTotal:        1048576 kB\n").expect("meminfo");
+        let limit = limit_slice_memory(&cgroup, &meminfo).expect("limited");
+        assert_eq!(limit.mem_total, 1 << 30);
+        assert_eq!(limit.memory_max, (1 << 30) - (1 << 30) / 5);
+        assert_eq!(
+            std::fs::read_to_string(cgroup.join("carapace.slice/memory.max")).expect("memory.max"),
+            format!("{}\n", limit.memory_max)
+        );
+        // A plain directory keeps only the last write; the kernel's file
+        // takes each controller.
+        assert_eq!(
+            std::fs::read_to_string(cgroup.join("cgroup.subtree_control")).expect("control"),
+            "+pids"
+        );
+        assert_eq!(
+            limit.to_string(),
+            "carapace.slice: memory.max 819 MiB of 1024 MiB (the rest is the node's)"
+        );
+        std::fs::write(&meminfo, "nothing\n").expect("meminfo");
+        let err = limit_slice_memory(&cgroup, &meminfo).expect_err("no MemTotal");
+        assert!(err.to_string().contains("no MemTotal"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[tokio::test(flavor = "current_thread")]

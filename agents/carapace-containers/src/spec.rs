@@ -10,25 +10,38 @@
 //!   `HOME` from the image's /etc/passwd when nothing set it. Working
 //!   directory: the image's `WorkingDir`, else `/`. User: [`UserIds`] as
 //!   [`crate::image_user`] resolved it. `RLIMIT_NOFILE` 1024 soft, 524288
-//!   hard (systemd's and containerd's default).
+//!   hard (systemd's and containerd's default). `oomScoreAdj`
+//!   [`OOM_SCORE_ADJ`], set explicitly: crun would otherwise pass on the
+//!   agent's own (negative) value, and a container is what the kernel
+//!   should kill first when the node runs out of memory.
 //! - **Isolation**: namespaces pid, mount, ipc, uts, cgroup, and network
 //!   unless `host_network` (a private network namespace has only `lo`);
-//!   Docker's 14 default capabilities (bounding; effective and permitted
-//!   too for uid 0 only, as a non-root process loses them at execve anyway;
-//!   never inheritable or ambient), `noNewPrivileges`; runc's masked and
-//!   read-only paths plus `/sys/devices/virtual/powercap` as Docker does;
-//!   every device denied but the ones crun always allows (null, zero, full,
-//!   tty, random, urandom, ptmx, pts).
+//!   the container's capabilities ([`Container::capabilities`]: Docker's
+//!   default set without `NET_RAW` and `MKNOD` unless the settings add or
+//!   drop some) in the bounding set, and in the effective and permitted
+//!   sets for uid 0 only, as a non-root process loses them at execve
+//!   anyway; never inheritable or ambient. `noNewPrivileges` unless the
+//!   settings say `no_new_privileges: false`. The default system call
+//!   filter ([`crate::seccomp`], decided from the same capabilities) unless
+//!   `seccomp: "unconfined"`. runc's masked and read-only paths plus
+//!   `/sys/devices/virtual/powercap` as Docker does; every device denied
+//!   but the ones crun always allows (null, zero, full, tty, random,
+//!   urandom, ptmx, pts).
 //! - **Mounts**: /proc, /dev (tmpfs), /dev/pts, /dev/shm, /dev/mqueue,
 //!   /sys read-only, /sys/fs/cgroup read-only (the container's own cgroup,
 //!   through its cgroup namespace); the settings' volumes as recursive bind
-//!   mounts of directories under /var/lib/carapace/volumes (parents before
-//!   children), read-only when asked; with `host_network`, the bundle's
+//!   mounts, `nosuid` and `nodev` (parents before children), read-only when
+//!   asked, of the bundle's staging mount points `volumes/<i>` (`i` the
+//!   volume's index in the settings): the agent has bound each source
+//!   there through a descriptor ([`crate::bundle`]), so crun never
+//!   resolves a path a container can change; with `host_network`, the bundle's
 //!   `resolv.conf` and `hosts` bound read-only over /etc/resolv.conf and
 //!   /etc/hosts.
 //! - **Limits** (cgroup v2, `cgroupsPath` `/carapace.slice/<name>/container`,
 //!   a cgroupfs path, not systemd's `slice:prefix:name`): `memory.max` from
-//!   `memory_max`, `cpu.max` quota and period from `cpu_max`. No swap limit
+//!   `memory_max`, `cpu.max` quota and period from `cpu_max`, `pids.max`
+//!   from `pids_max` ([`carapace_model::containers::DEFAULT_PIDS_MAX`]
+//!   unless the settings say `"max"`). No swap limit
 //!   is set: the node has no swap, and crun would write `memory.swap.max`,
 //!   which a kernel without swap does not have. The container's processes
 //!   live in the leaf `container`, which crun makes and removes with each
@@ -40,10 +53,12 @@
 //! - **Root**: `rootfs` in the bundle, writable (the overlay's upper layer
 //!   takes the writes).
 //!
-//! Not applied (yet): a seccomp profile, AppArmor/SELinux, user namespaces.
+//! Not applied (yet): AppArmor/SELinux, user namespaces.
 
 use crate::image_user::UserIds;
-use carapace_model::containers::{Container, ContainerName, CPU_PERIOD_US, VOLUMES_DIR};
+use carapace_model::containers::{
+    Container, ContainerName, SeccompProfile, CPU_PERIOD_US, VOLUMES_DIR,
+};
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::Spec;
 use serde_json::{json, Value};
@@ -52,23 +67,13 @@ use std::path::{Path, PathBuf};
 /// `PATH` when the image sets none (Docker's).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Docker's default capabilities.
-pub const DEFAULT_CAPABILITIES: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+/// The `oom_score_adj` of every container's processes: above the node's
+/// own (0 for PID 1, negative for the agents), so that when the node runs
+/// out of memory the kernel kills in containers first.
+pub const OOM_SCORE_ADJ: i32 = 500;
+
+// Above the node's own, within what the kernel takes.
+const _: () = assert!(OOM_SCORE_ADJ > 0 && OOM_SCORE_ADJ <= 1000);
 
 /// Paths a container cannot read (runc's defaults, plus powercap as Docker).
 pub const MASKED_PATHS: [&str; 11] = [
@@ -102,6 +107,9 @@ pub const NOFILE: (u64, u64) = (1024, 524_288);
 pub struct HostFiles {
     /// Where volume sources live: [`VOLUMES_DIR`] on the node.
     pub volumes_dir: PathBuf,
+    /// The bundle's directory of staging mount points, `volumes/`: volume
+    /// `i` of the settings is bound at `volumes/<i>`.
+    pub volume_staging: PathBuf,
     /// Bound over /etc/resolv.conf with `host_network`.
     pub resolv_conf: PathBuf,
     /// Bound over /etc/hosts with `host_network`.
@@ -113,6 +121,7 @@ impl HostFiles {
     pub fn for_bundle(bundle_dir: &Path) -> HostFiles {
         HostFiles {
             volumes_dir: PathBuf::from(VOLUMES_DIR),
+            volume_staging: bundle_dir.join("volumes"),
             resolv_conf: bundle_dir.join("resolv.conf"),
             hosts: bundle_dir.join("hosts"),
         }
@@ -121,6 +130,11 @@ impl HostFiles {
     /// Where the source of a volume is on the node.
     pub fn volume_source(&self, source: &carapace_model::containers::VolumePath) -> PathBuf {
         self.volumes_dir.join(source.as_str())
+    }
+
+    /// The staging mount point of volume `index` (its place in the settings).
+    pub fn volume_mount_point(&self, index: usize) -> PathBuf {
+        self.volume_staging.join(index.to_string())
     }
 }
 
@@ -288,15 +302,22 @@ fn mounts(container: &Container, files: &HostFiles) -> Vec<Value> {
         ),
     ];
     // Parents before children: a volume at /data/logs must land on the one at /data.
-    let mut volumes: Vec<&carapace_model::containers::Mount> = container.mounts.iter().collect();
-    volumes.sort_by_key(|m| m.target.as_str().split('/').count());
-    for m in volumes {
-        let source = files.volume_source(&m.source);
+    let mut volumes: Vec<(usize, &carapace_model::containers::Mount)> =
+        container.mounts.iter().enumerate().collect();
+    volumes.sort_by_key(|(_, m)| m.target.as_str().split('/').count());
+    for (index, m) in volumes {
+        let source = files.volume_mount_point(index);
         all.push(mount(
             m.target.as_str(),
             "bind",
             &source.to_string_lossy(),
-            &["rbind", "rprivate", if m.read_only { "ro" } else { "rw" }],
+            &[
+                "rbind",
+                "rprivate",
+                "nosuid",
+                "nodev",
+                if m.read_only { "ro" } else { "rw" },
+            ],
         ));
     }
     if container.host_network {
@@ -336,6 +357,9 @@ fn resources(container: &Container) -> Value {
             "period": CPU_PERIOD_US,
         });
     }
+    if let Some(limit) = container.pids_limit() {
+        r["pids"] = json!({ "limit": i64::try_from(limit).unwrap_or(i64::MAX) });
+    }
     r
 }
 
@@ -358,7 +382,7 @@ pub fn generate_json(
         .and_then(|c| c.working_dir().clone())
         .filter(|d| d.starts_with('/'))
         .unwrap_or_else(|| "/".to_string());
-    let all_caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    let all_caps: Vec<&str> = container.capabilities();
     let own_caps: Vec<&str> = if user.uid == 0 {
         all_caps.clone()
     } else {
@@ -367,6 +391,16 @@ pub fn generate_json(
     let mut user_json = json!({ "uid": user.uid, "gid": user.gid });
     if !user.additional_gids.is_empty() {
         user_json["additionalGids"] = json!(user.additional_gids);
+    }
+    let mut linux = json!({
+        "namespaces": namespaces(container),
+        "cgroupsPath": cgroup_path(name),
+        "resources": resources(container),
+        "maskedPaths": MASKED_PATHS,
+        "readonlyPaths": READONLY_PATHS,
+    });
+    if container.seccomp == SeccompProfile::Default {
+        linux["seccomp"] = crate::seccomp::profile(&all_caps);
     }
     Ok(json!({
         "ociVersion": OCI_VERSION,
@@ -386,16 +420,11 @@ pub fn generate_json(
                 "ambient": [],
             },
             "rlimits": [{ "type": "RLIMIT_NOFILE", "soft": NOFILE.0, "hard": NOFILE.1 }],
-            "noNewPrivileges": true,
+            "noNewPrivileges": container.no_new_privileges,
+            "oomScoreAdj": OOM_SCORE_ADJ,
         },
         "mounts": mounts(container, files),
-        "linux": {
-            "namespaces": namespaces(container),
-            "cgroupsPath": cgroup_path(name),
-            "resources": resources(container),
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
-        },
+        "linux": linux,
     }))
 }
 
@@ -593,7 +622,7 @@ mod tests {
         // A non-root process keeps only the bounding set.
         assert_eq!(
             p["capabilities"]["bounding"].as_array().map(Vec::len),
-            Some(14)
+            Some(12)
         );
         assert_eq!(p["capabilities"]["effective"], json!([]));
         assert_eq!(p["capabilities"]["permitted"], json!([]));
@@ -606,17 +635,94 @@ mod tests {
     }
 
     #[test]
-    fn root_gets_dockers_default_capabilities_and_nothing_inheritable() {
+    fn root_gets_dockers_default_capabilities_but_raw_sockets_and_mknod() {
         let v = spec_json(&container(json!({})), &nginx(), &UserIds::root());
         let caps = &v["process"]["capabilities"];
-        let mut expected: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
-        expected.sort_unstable();
+        let expected = json!([
+            "CAP_AUDIT_WRITE",
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FOWNER",
+            "CAP_FSETID",
+            "CAP_KILL",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SETFCAP",
+            "CAP_SETGID",
+            "CAP_SETPCAP",
+            "CAP_SETUID",
+            "CAP_SYS_CHROOT",
+        ]);
         for set in ["bounding", "effective", "permitted"] {
-            assert_eq!(caps[set], json!(expected), "{set}");
+            assert_eq!(caps[set], expected, "{set}");
         }
         assert_eq!(caps["inheritable"], json!([]));
         assert_eq!(caps["ambient"], json!([]));
-        assert!(!expected.contains(&"CAP_SYS_ADMIN"));
+    }
+
+    #[test]
+    fn capabilities_added_and_dropped_in_the_settings_are_the_containers() {
+        let c = container(json!({
+            "capabilities_add": ["NET_RAW"],
+            "capabilities_drop": ["CAP_SETFCAP", "KILL"],
+        }));
+        let v = spec_json(&c, &nginx(), &UserIds::root());
+        let bounding = v["process"]["capabilities"]["bounding"]
+            .as_array()
+            .expect("bounding")
+            .clone();
+        assert!(bounding.contains(&json!("CAP_NET_RAW")));
+        assert!(!bounding.contains(&json!("CAP_SETFCAP")));
+        assert!(!bounding.contains(&json!("CAP_KILL")));
+        assert_eq!(bounding.len(), 11);
+        assert_eq!(v["process"]["capabilities"]["effective"], json!(bounding));
+    }
+
+    #[test]
+    fn the_default_seccomp_profile_applies_unless_unconfined() {
+        let v = spec_json(&container(json!({})), &nginx(), &UserIds::root());
+        let seccomp = &v["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
+        let names: Vec<&str> = seccomp["syscalls"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .flat_map(|r| r["names"].as_array().expect("names").iter())
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(names.contains(&"read") && !names.contains(&"unshare"));
+        // The filter follows the capabilities: CAP_SYS_ADMIN opens mount.
+        let admin = spec_json(
+            &container(json!({ "capabilities_add": ["SYS_ADMIN"] })),
+            &nginx(),
+            &UserIds::root(),
+        );
+        assert!(admin["linux"]["seccomp"]["syscalls"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .any(|r| r["names"]
+                .as_array()
+                .expect("names")
+                .contains(&json!("mount"))));
+        let unconfined = spec_json(
+            &container(json!({ "seccomp": "unconfined" })),
+            &nginx(),
+            &UserIds::root(),
+        );
+        assert!(unconfined["linux"].get("seccomp").is_none());
+    }
+
+    #[test]
+    fn no_new_privileges_and_oom_score_adj_are_set_explicitly() {
+        let v = spec_json(&container(json!({})), &nginx(), &UserIds::root());
+        assert_eq!(v["process"]["noNewPrivileges"], true);
+        assert_eq!(v["process"]["oomScoreAdj"], OOM_SCORE_ADJ);
+        let loose = spec_json(
+            &container(json!({ "no_new_privileges": false })),
+            &nginx(),
+            &UserIds::root(),
+        );
+        assert_eq!(loose["process"]["noNewPrivileges"], false);
     }
 
     #[test]
@@ -683,24 +789,26 @@ mod tests {
     }
 
     #[test]
-    fn volumes_are_bind_mounts_under_the_volumes_dir_parents_first() {
+    fn volumes_are_nosuid_nodev_bind_mounts_of_staging_points_parents_first() {
         let c = container(json!({ "mounts": [
             { "source": "web/logs", "target": "/data/logs" },
             { "source": "web/html", "target": "/data", "read_only": true },
         ] }));
         let v = spec_json(&c, &nginx(), &UserIds::root());
         let mounts = v["mounts"].as_array().expect("mounts");
+        // The sources are the bundle's staging mount points, by index in
+        // the settings, never the volume paths themselves.
         assert_eq!(
             mounts[7],
             json!({ "destination": "/data", "type": "bind",
-                    "source": "/var/lib/carapace/volumes/web/html",
-                    "options": ["rbind", "rprivate", "ro"] })
+                    "source": "/var/lib/carapace/containers/run/web/volumes/1",
+                    "options": ["rbind", "rprivate", "nosuid", "nodev", "ro"] })
         );
         assert_eq!(
             mounts[8],
             json!({ "destination": "/data/logs", "type": "bind",
-                    "source": "/var/lib/carapace/volumes/web/logs",
-                    "options": ["rbind", "rprivate", "rw"] })
+                    "source": "/var/lib/carapace/containers/run/web/volumes/0",
+                    "options": ["rbind", "rprivate", "nosuid", "nodev", "rw"] })
         );
         assert_eq!(mounts.len(), 9, "no resolv.conf without host_network");
     }
@@ -752,6 +860,17 @@ mod tests {
         let unlimited = spec_json(&container(json!({})), &nginx(), &UserIds::root());
         assert!(unlimited["linux"]["resources"]["memory"].is_null());
         assert!(unlimited["linux"]["resources"]["cpu"].is_null());
+    }
+
+    #[test]
+    fn pids_max_is_1024_by_default_a_given_number_or_none() {
+        let pids = |fields: Value| {
+            spec_json(&container(fields), &nginx(), &UserIds::root())["linux"]["resources"]["pids"]
+                .clone()
+        };
+        assert_eq!(pids(json!({})), json!({ "limit": 1024 }));
+        assert_eq!(pids(json!({ "pids_max": 50 })), json!({ "limit": 50 }));
+        assert!(pids(json!({ "pids_max": "max" })).is_null());
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!              "restart": "on-failure:5",
 //!              "host_network": false,
 //!              "mounts": [{ "source": "web/html", "target": "/usr/share/nginx/html", "read_only": true }],
-//!              "memory_max": 268435456, "cpu_max": 0.5, "enabled": true } },
+//!              "memory_max": 268435456, "cpu_max": 0.5, "enabled": true,
+//!              "capabilities_add": ["NET_RAW"], "capabilities_drop": ["SETFCAP"],
+//!              "seccomp": "default", "pids_max": 1024, "no_new_privileges": true } },
 //!   "registries": {
 //!     "registry.example.org:5000": { "insecure": true, "username": "robot", "password": "…" } } }
 //! ```
@@ -26,6 +28,16 @@
 //! - `cpu_max` is a number of CPUs, whole microseconds of a 100 ms period
 //!   (at most 5 decimal places), from 0.01 (the kernel's 1 ms minimum quota)
 //!   to 1024.
+//! - Confinement is on by default and each part is loosened explicitly,
+//!   per container: `capabilities_add` / `capabilities_drop` against
+//!   [`DEFAULT_CAPABILITIES`] (Docker's without `NET_RAW` and `MKNOD`;
+//!   names as Docker takes them, `NET_RAW` or `CAP_NET_RAW`, or `ALL`; a
+//!   capability in both lists is refused), `seccomp` (`"default"` or
+//!   `"unconfined"`), `pids_max` (a number, or `"max"`; [`DEFAULT_PIDS_MAX`]
+//!   when absent), `no_new_privileges` (true when absent). These fields are
+//!   written only when they differ from the default, so a settings file
+//!   stays what older versions wrote until someone loosens something (an
+//!   older version keeps such a field without knowing it).
 //! - A registry password must be kept as given (the agent presents it to the
 //!   registry), so it is stored in the settings file (mode 0600) but left out
 //!   of [`crate::Settings::to_value`], the view the API serves.
@@ -86,6 +98,23 @@ pub struct Container {
     /// A disabled container is kept in the settings but not run.
     #[serde(default = "crate::settings::yes")]
     pub enabled: bool,
+    /// Capabilities given beyond the default set ([`DEFAULT_CAPABILITIES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities_add: Vec<CapabilityName>,
+    /// Capabilities of the default set taken away.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities_drop: Vec<CapabilityName>,
+    /// The system call filter: the default profile, or none.
+    #[serde(default, skip_serializing_if = "SeccompProfile::is_default")]
+    pub seccomp: SeccompProfile,
+    /// The most processes and threads the container may have at once;
+    /// None is [`DEFAULT_PIDS_MAX`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<PidsMax>,
+    /// Whether no process of the container can gain privileges by
+    /// execve (setuid binaries, file capabilities).
+    #[serde(default = "crate::settings::yes", skip_serializing_if = "is_true")]
+    pub no_new_privileges: bool,
 }
 
 impl Container {
@@ -98,6 +127,44 @@ impl Container {
         }
     }
 
+    /// The container's capability set: [`DEFAULT_CAPABILITIES`] with
+    /// `capabilities_add`, less `capabilities_drop` (`ALL` in `add` is
+    /// every known capability, in `drop` the whole default set), as
+    /// `CAP_…` names, sorted.
+    pub fn capabilities(&self) -> Vec<&'static str> {
+        let all = |list: &[CapabilityName]| list.iter().any(CapabilityName::is_all);
+        let mut set: BTreeSet<&'static str> = if all(&self.capabilities_drop) {
+            BTreeSet::new()
+        } else {
+            DEFAULT_CAPABILITIES.iter().copied().collect()
+        };
+        if all(&self.capabilities_add) {
+            set.extend(KNOWN_CAPABILITIES);
+        }
+        set.extend(
+            self.capabilities_add
+                .iter()
+                .filter_map(CapabilityName::known),
+        );
+        for dropped in self
+            .capabilities_drop
+            .iter()
+            .filter_map(CapabilityName::known)
+        {
+            set.remove(dropped);
+        }
+        set.into_iter().collect()
+    }
+
+    /// The container's `pids.max`: None without a limit.
+    pub fn pids_limit(&self) -> Option<u64> {
+        match self.pids_max {
+            None => Some(DEFAULT_PIDS_MAX),
+            Some(PidsMax::Limit(n)) => Some(n),
+            Some(PidsMax::Unlimited) => None,
+        }
+    }
+
     /// The contents of the container's cgroup v2 `cpu.max`: `$QUOTA $PERIOD`
     /// in microseconds, quota `max` without a limit.
     pub fn cpu_max_file(&self) -> String {
@@ -106,6 +173,187 @@ impl Container {
             None => format!("max {CPU_PERIOD_US}\n"),
         }
     }
+}
+
+/// The capabilities a container has unless its settings say otherwise:
+/// Docker's default set without `CAP_NET_RAW` and `CAP_MKNOD` (raw sockets
+/// and device nodes are for the few containers that ask for them).
+pub const DEFAULT_CAPABILITIES: [&str; 12] = [
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+];
+
+/// Every capability Linux knows (6.12), as the OCI runtime spec names them.
+pub const KNOWN_CAPABILITIES: [&str; 41] = [
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "CAP_AUDIT_WRITE",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_KILL",
+    "CAP_LEASE",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MKNOD",
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_RAW",
+    "CAP_PERFMON",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYSLOG",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_NICE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_WAKE_ALARM",
+];
+
+/// `pids.max` of a container whose settings give none.
+pub const DEFAULT_PIDS_MAX: u64 = 1024;
+
+/// The largest `pids_max`: the kernel's own limit on process IDs.
+pub const MAX_PIDS_MAX: u64 = 4_194_304;
+
+/// A capability as the settings name it: `NET_RAW` or `CAP_NET_RAW`
+/// (upper case, one of [`KNOWN_CAPABILITIES`]), or `ALL`. It serializes as
+/// given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CapabilityName(String);
+
+fn known_capability(s: &str) -> Option<&'static str> {
+    let full = if s.starts_with("CAP_") {
+        s.to_string()
+    } else {
+        format!("CAP_{s}")
+    };
+    KNOWN_CAPABILITIES.iter().copied().find(|c| *c == full)
+}
+
+fn check_capability_name(s: &str) -> Result<(), String> {
+    if s == "ALL" || known_capability(s).is_some() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a capability (like \"NET_RAW\" or \"CAP_NET_RAW\", upper case, or \"ALL\")"
+        ))
+    }
+}
+string_type!(CapabilityName, check_capability_name);
+
+impl CapabilityName {
+    /// Whether this is `ALL`.
+    pub fn is_all(&self) -> bool {
+        self.0 == "ALL"
+    }
+
+    /// The capability as the runtime spec names it (`CAP_NET_RAW`); None for `ALL`.
+    pub fn known(&self) -> Option<&'static str> {
+        known_capability(&self.0)
+    }
+}
+
+/// The system call filter of a container. JSON: `"default"` (the default
+/// profile, like Docker's) or `"unconfined"` (no filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompProfile {
+    #[default]
+    Default,
+    Unconfined,
+}
+
+impl SeccompProfile {
+    pub fn is_default(&self) -> bool {
+        *self == SeccompProfile::Default
+    }
+}
+
+/// A container's `pids.max`: a number from 1 to [`MAX_PIDS_MAX`], or
+/// `"max"` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidsMax {
+    Limit(u64),
+    Unlimited,
+}
+
+impl Serialize for PidsMax {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PidsMax::Limit(n) => s.serialize_u64(*n),
+            PidsMax::Unlimited => s.serialize_str("max"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PidsMax {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Pids;
+        impl Visitor<'_> for Pids {
+            type Value = PidsMax;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(
+                    f,
+                    "a number of processes from 1 to {MAX_PIDS_MAX}, or \"max\" for no limit"
+                )
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PidsMax, E> {
+                if (1..=MAX_PIDS_MAX).contains(&v) {
+                    Ok(PidsMax::Limit(v))
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Unsigned(v), &self))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PidsMax, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PidsMax, E> {
+                if v == "max" {
+                    Ok(PidsMax::Unlimited)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(Pids)
+    }
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A container's name: 1 to 63 characters of a-z, 0-9 and `-`, starting with a letter.
@@ -804,6 +1052,18 @@ pub(crate) fn check(
             }
             _ => {}
         }
+        for (i, dropped) in c.capabilities_drop.iter().enumerate() {
+            let both = c
+                .capabilities_add
+                .iter()
+                .any(|added| added.known().is_some() && added.known() == dropped.known());
+            if both {
+                return Err(SettingsError::new(
+                    format!("containers.{name}.capabilities_drop[{i}]"),
+                    format!("{dropped} is also in capabilities_add: say it once"),
+                ));
+            }
+        }
         let mut targets = BTreeSet::new();
         for (i, m) in c.mounts.iter().enumerate() {
             if !targets.insert(m.target.as_str()) {
@@ -1322,6 +1582,145 @@ mod tests {
             PathBuf::from("/var/lib/carapace/volumes/a")
         );
         assert!(!m[0].read_only && m[1].read_only);
+    }
+
+    #[test]
+    fn confinement_is_the_default_and_each_part_loosens_explicitly() {
+        let s = Settings::from_value(web(json!({}))).expect("valid");
+        let c = s.containers.get("web").expect("web");
+        assert_eq!(c.capabilities(), DEFAULT_CAPABILITIES.to_vec());
+        assert!(!c.capabilities().contains(&"CAP_NET_RAW"));
+        assert!(!c.capabilities().contains(&"CAP_MKNOD"));
+        assert_eq!(c.seccomp, SeccompProfile::Default);
+        assert_eq!(c.pids_limit(), Some(DEFAULT_PIDS_MAX));
+        assert!(c.no_new_privileges);
+
+        let s = Settings::from_value(web(json!({
+            "capabilities_add": ["NET_RAW", "CAP_SYS_PTRACE"],
+            "capabilities_drop": ["CAP_CHOWN", "SETFCAP"],
+            "seccomp": "unconfined",
+            "pids_max": "max",
+            "no_new_privileges": false,
+        })))
+        .expect("valid");
+        let c = s.containers.get("web").expect("web");
+        let caps = c.capabilities();
+        assert!(caps.contains(&"CAP_NET_RAW") && caps.contains(&"CAP_SYS_PTRACE"));
+        assert!(!caps.contains(&"CAP_CHOWN") && !caps.contains(&"CAP_SETFCAP"));
+        assert_eq!(caps.len(), 12);
+        assert_eq!(c.seccomp, SeccompProfile::Unconfined);
+        assert_eq!(c.pids_limit(), None);
+        assert!(!c.no_new_privileges);
+        // Written back as given.
+        let served = &s.to_value()["containers"]["web"];
+        assert_eq!(
+            served["capabilities_add"],
+            json!(["NET_RAW", "CAP_SYS_PTRACE"])
+        );
+        assert_eq!(served["seccomp"], "unconfined");
+        assert_eq!(served["pids_max"], "max");
+        assert_eq!(served["no_new_privileges"], false);
+
+        let limited = Settings::from_value(web(json!({ "pids_max": 64 }))).expect("valid");
+        let c = limited.containers.get("web").expect("web");
+        assert_eq!(c.pids_limit(), Some(64));
+        assert_eq!(limited.to_value()["containers"]["web"]["pids_max"], 64);
+    }
+
+    #[test]
+    fn all_drops_the_default_set_and_adds_every_capability() {
+        let caps = |fields: Value| {
+            let s = Settings::from_value(web(fields)).expect("valid");
+            s.containers.get("web").expect("web").capabilities()
+        };
+        assert_eq!(
+            caps(json!({ "capabilities_drop": ["ALL"] })),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            caps(json!({ "capabilities_drop": ["ALL"], "capabilities_add": ["KILL"] })),
+            ["CAP_KILL"]
+        );
+        let everything =
+            caps(json!({ "capabilities_add": ["ALL"], "capabilities_drop": ["SYS_ADMIN"] }));
+        assert_eq!(everything.len(), KNOWN_CAPABILITIES.len() - 1);
+        assert!(!everything.contains(&"CAP_SYS_ADMIN"));
+    }
+
+    #[test]
+    fn bad_confinement_settings_are_refused_with_their_path() {
+        let cases = [
+            (
+                json!({ "capabilities_add": ["NET_RAWW"] }),
+                "containers.web.capabilities_add[0]",
+                "not a capability",
+            ),
+            (
+                json!({ "capabilities_add": ["net_raw"] }),
+                "containers.web.capabilities_add[0]",
+                "upper case",
+            ),
+            (
+                json!({ "capabilities_drop": ["CAP_"] }),
+                "containers.web.capabilities_drop[0]",
+                "not a capability",
+            ),
+            (
+                json!({ "capabilities_add": "NET_RAW" }),
+                "containers.web.capabilities_add",
+                "sequence",
+            ),
+            (
+                json!({ "capabilities_add": ["NET_RAW"], "capabilities_drop": ["CAP_NET_RAW"] }),
+                "containers.web.capabilities_drop[0]",
+                "also in capabilities_add",
+            ),
+            (
+                json!({ "seccomp": "none" }),
+                "containers.web.seccomp",
+                "unknown variant",
+            ),
+            (
+                json!({ "seccomp": true }),
+                "containers.web.seccomp",
+                "invalid type",
+            ),
+            (
+                json!({ "pids_max": 0 }),
+                "containers.web.pids_max",
+                "from 1 to",
+            ),
+            (
+                json!({ "pids_max": -5 }),
+                "containers.web.pids_max",
+                "from 1 to",
+            ),
+            (
+                json!({ "pids_max": 4194305 }),
+                "containers.web.pids_max",
+                "from 1 to",
+            ),
+            (
+                json!({ "pids_max": "unlimited" }),
+                "containers.web.pids_max",
+                "\"max\"",
+            ),
+            (
+                json!({ "pids_max": 1.5 }),
+                "containers.web.pids_max",
+                "from 1 to",
+            ),
+            (
+                json!({ "no_new_privileges": "no" }),
+                "containers.web.no_new_privileges",
+                "invalid type",
+            ),
+        ];
+        for (fields, path, message) in cases {
+            let e = refused(web(fields.clone()));
+            assert_eq!(e.path, path, "{fields}: {e}");
+            assert!(e.message.contains(message), "{fields}: {e}");
+        }
     }
 
     #[test]
