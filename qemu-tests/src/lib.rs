@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+pub mod flood;
+pub mod hostile_layers;
+
 /// How long any single expectation may wait. Not a performance threshold:
 /// only a guard against a hung guest, generous for TCG on a loaded machine.
 pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(240);

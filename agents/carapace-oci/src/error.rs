@@ -155,13 +155,15 @@ fn list_or_none(v: &[String]) -> String {
     }
 }
 
-/// Why a layer could not be unpacked. The half-unpacked tree is removed.
+/// Why a layer could not be unpacked. Whatever the reason, the layer's
+/// temporary directory is removed and the store is as it was.
 #[derive(Debug, Error)]
 pub enum UnpackError {
-    #[error("entry {entry:?} escapes the layer directory")]
-    Escapes { entry: String },
+    /// An absolute path, or one with a `..` component.
+    #[error("entry {entry:?} leaves the layer: {why}")]
+    Escapes { entry: String, why: &'static str },
 
-    #[error("entry {entry:?} goes through the symlink {link:?}")]
+    #[error("entry {entry:?} leaves the layer: it goes through the symlink {link:?}, which unpacking never follows")]
     ThroughSymlink { entry: String, link: String },
 
     #[error("entry {entry:?} is under {parent:?}, which is not a directory")]
@@ -174,8 +176,45 @@ pub enum UnpackError {
         why: &'static str,
     },
 
+    /// `.wh.`, `.wh..`, `.wh...`: not the name of one file in the directory.
+    #[error("whiteout {entry:?} does not name one file of its directory")]
+    BadWhiteout { entry: String },
+
+    #[error("entry {entry:?} is a {kind} device node, which a layer may not hold")]
+    DeviceNode { entry: String, kind: &'static str },
+
     #[error("entry {entry:?} has type {kind}, which a layer may not hold")]
     UnsupportedEntry { entry: String, kind: String },
+
+    #[error("the layer has more than {limit} entries, its limit")]
+    TooManyEntries { limit: u64 },
+
+    /// A PAX extended or global header, or a GNU long name or link.
+    #[error("a {kind} of {size} bytes is over the limit of {limit} bytes")]
+    HeaderTooLarge {
+        kind: &'static str,
+        size: u64,
+        limit: u64,
+    },
+
+    #[error("entry {entry:?}… has a name of {size} bytes, over the limit of {limit} bytes")]
+    NameTooLong {
+        entry: String,
+        size: u64,
+        limit: u64,
+    },
+
+    #[error("the uncompressed layer is over the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+
+    /// `budget` says which bound it was: the per-layer limit or the space
+    /// free in the store.
+    #[error("entry {entry:?} takes the layer's files over {limit} bytes, {budget}")]
+    FilesTooLarge {
+        entry: String,
+        limit: u64,
+        budget: &'static str,
+    },
 
     #[error("the layer is not a valid {format} stream: {reason}")]
     Corrupt {

@@ -11,7 +11,7 @@ use crate::store::{
     fsync_dir, rename_into_place, write_atomically, ImageRecord, Pulled, Store, TempPath,
     MAX_CONFIG_BYTES,
 };
-use crate::unpack::{unpack_layer, Compression};
+use crate::unpack::Compression;
 use carapace_model::containers::{ImageRef, Registry};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
 use std::fs;
@@ -244,8 +244,7 @@ impl Store {
     }
 
     /// The unpacked directory of one layer: there already, or downloaded
-    /// (verified), unpacked into a temporary directory, checked against the
-    /// config's diff ID, synced and renamed into place.
+    /// (verified) and installed ([`Store::install_layer`]).
     async fn layer(
         &self,
         remote: &mut Remote,
@@ -268,47 +267,20 @@ impl Store {
             .blob_to_file(digest, descriptor.size(), "blob", blob.path())
             .await?;
 
-        let tree = TempPath::new(&self.layers_dir(), "unpack", digest.hex());
+        let store = self.clone();
+        let (blob_path, digest_owned, diff_id) = (
+            blob.path().to_path_buf(),
+            digest.clone(),
+            diff_id.to_string(),
+        );
         let layers_dir = self.layers_dir();
-        let (blob_path, tree_path) = (blob.path().to_path_buf(), tree.path().to_path_buf());
-        let unpacked = tokio::task::spawn_blocking(move || {
-            let id = unpack_layer(&blob_path, compression, &tree_path)?;
-            // Everything unpacked reaches the disk before the name does.
-            fs::File::open(&tree_path)
-                .and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from))
-                .map_err(|source| crate::error::UnpackError::Io {
-                    action: "sync",
-                    entry: tree_path.display().to_string(),
-                    source,
-                })?;
-            Ok::<_, crate::error::UnpackError>(id)
+        let installed = tokio::task::spawn_blocking(move || {
+            store.install_layer(&blob_path, compression, &digest_owned, &diff_id)
         })
         .await
         .map_err(|e| StoreError::new("unpack into", &layers_dir, io::Error::other(e)))?;
         drop(blob);
-        let actual = unpacked.map_err(|source| PullError::Layer {
-            digest: digest.to_string(),
-            source,
-        })?;
-        if actual.to_string() != diff_id {
-            return Err(PullError::DiffIdMismatch {
-                digest: digest.to_string(),
-                expected: diff_id.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-        let final_path = path.clone();
-        blocking(move || {
-            match fs::rename(tree.path(), &final_path) {
-                Ok(()) => tree.disarm(),
-                // Another pull put the same layer in place first.
-                Err(_) if final_path.is_dir() => {}
-                Err(e) => return Err(StoreError::new("rename into", &final_path, e)),
-            }
-            fsync_dir(&layers_dir)
-        })
-        .await?;
-        Ok(path)
+        installed
     }
 
     /// A blob the store has, checked against its digest again; None if it

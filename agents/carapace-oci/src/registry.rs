@@ -7,7 +7,16 @@
 //! (with basic credentials when the settings give some), `Basic` sends the
 //! credentials themselves; the request is then made again, once. Redirects
 //! (Docker Hub sends blobs to a CDN) are followed, without the
-//! `Authorization` header once they leave the registry's host.
+//! `Authorization` header once they leave the origin (scheme, host and
+//! port) it was meant for.
+//!
+//! Where secrets go: the token (and basic credentials the registry asks
+//! for) only to the registry's own origin. Basic credentials go to a token
+//! realm on another host only over HTTPS (as Docker does, e.g.
+//! auth.docker.io for Docker Hub); a realm over plain HTTP is refused
+//! unless the registry is marked insecure, and even then gets the
+//! credentials only on the registry's own host. A registry reached over
+//! HTTPS is never followed to plain HTTP.
 //!
 //! HTTPS is verified against the roots the caller gave the store, and only
 //! those: the node has no CA bundle. Plain HTTP is used only for registries
@@ -56,6 +65,10 @@ pub(crate) struct Remote {
     repository: String,
     /// `https://registry` or `http://registry` (Docker Hub: its API host).
     base: String,
+    /// The host of `base`, lowercase, without port.
+    host: String,
+    /// Plain HTTP allowed (the registry is marked insecure).
+    insecure: bool,
     credentials: Option<(String, String)>,
     tls: Option<Arc<rustls::ClientConfig>>,
     /// The `Authorization` value the registry's challenge called for.
@@ -74,10 +87,13 @@ impl Remote {
         } else {
             image.registry()
         };
+        let base = format!("{}://{host}", if insecure { "http" } else { "https" });
         Remote {
             registry: image.registry().to_string(),
             repository: image.repository().to_string(),
-            base: format!("{}://{host}", if insecure { "http" } else { "https" }),
+            host: base.parse::<Uri>().map(|u| host_of(&u)).unwrap_or_default(),
+            base,
+            insecure,
             credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
             tls,
             authorization: None,
@@ -228,8 +244,18 @@ impl Remote {
             if let Some(service) = bearer.param("service") {
                 query = format!("service={}&{query}", percent_encode(service));
             }
-            let separator = if realm.contains('?') { '&' } else { '?' };
             let asked = Asked::Token;
+            let realm_url = self.url(realm, asked)?;
+            let realm_https = realm_url.scheme_str() == Some("https");
+            if !realm_https && !self.insecure {
+                return Err(self.unauthorized(format!(
+                    "its token realm {realm} is plain http, and credentials and tokens of a registry not marked insecure go over https only"
+                )));
+            }
+            // Plain HTTP (an insecure registry) carries the password only to
+            // the registry's own host.
+            let basic = basic.filter(|_| realm_https || host_of(&realm_url) == self.host);
+            let separator = if realm.contains('?') { '&' } else { '?' };
             let url = self.url(&format!("{realm}{separator}{query}"), asked)?;
             let mut response = self.fetch(&url, None, basic.as_deref(), asked).await?;
             if !response.status().is_success() {
@@ -274,8 +300,9 @@ impl Remote {
         }
     }
 
-    /// One GET, following redirects; `authorization` goes only to the host
-    /// of `url` itself.
+    /// One GET, following redirects; `authorization` goes only to the
+    /// origin of `url` itself, and from HTTPS never on to plain HTTP
+    /// unless the registry is marked insecure.
     async fn fetch(
         &self,
         url: &Uri,
@@ -284,9 +311,9 @@ impl Remote {
         asked: Asked<'_>,
     ) -> Result<Response<Incoming>, PullError> {
         let mut url = url.clone();
-        let origin = url.authority().cloned();
+        let first = origin(&url);
         for _ in 0..=MAX_REDIRECTS {
-            let auth = authorization.filter(|_| url.authority() == origin.as_ref());
+            let auth = authorization.filter(|_| origin(&url) == first);
             let response = self.send(&url, accept, auth, asked).await?;
             if response.status().is_redirection() {
                 if let Some(location) = response
@@ -294,7 +321,21 @@ impl Remote {
                     .get(LOCATION)
                     .and_then(|v| v.to_str().ok())
                 {
-                    url = self.url(&resolve(&url, location), asked)?;
+                    let next = self.url(&resolve(&url, location), asked)?;
+                    if url.scheme_str() == Some("https")
+                        && next.scheme_str() != Some("https")
+                        && !self.insecure
+                    {
+                        return Err(PullError::Registry {
+                            registry: self.registry.clone(),
+                            what: asked.to_string(),
+                            reason: format!(
+                                "redirected from https to plain http ({}), which only a registry marked insecure may use",
+                                next.authority().map(|a| a.as_str()).unwrap_or_default()
+                            ),
+                        });
+                    }
+                    url = next;
                     continue;
                 }
             }
@@ -317,6 +358,8 @@ impl Remote {
     ) -> Result<Response<Incoming>, PullError> {
         let authority = url.authority().map(|a| a.as_str()).unwrap_or_default();
         let https = url.scheme_str() == Some("https");
+        // Never a secret in clear text, unless the registry is marked insecure.
+        let authorization = authorization.filter(|_| https || self.insecure);
         let tls = match (https, &self.tls) {
             (false, _) => None,
             (true, Some(tls)) => Some(tls.clone()),
@@ -596,6 +639,25 @@ async fn read_text(body: &mut Incoming) -> String {
     line
 }
 
+/// The host of a URL, lowercase, without brackets or port.
+fn host_of(url: &Uri) -> String {
+    url.host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
+/// Scheme, host and port (the scheme's default if none is given): what an
+/// `Authorization` header is sent to.
+fn origin(url: &Uri) -> (String, String, u16) {
+    let scheme = url.scheme_str().unwrap_or_default().to_ascii_lowercase();
+    let port = url
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    (scheme, host_of(url), port)
+}
+
 /// A `Location` against the URL that answered with it.
 fn resolve(base: &Uri, location: &str) -> String {
     if location.starts_with("http://") || location.starts_with("https://") {
@@ -765,6 +827,19 @@ mod tests {
         assert_eq!(resolve(&base, "/elsewhere"), "https://r.io:5000/elsewhere");
         assert_eq!(resolve(&base, "//cdn.io/y"), "https://cdn.io/y");
         assert_eq!(resolve(&base, "z"), "https://r.io:5000/v2/a/blobs/z");
+    }
+
+    #[test]
+    fn an_origin_is_scheme_host_and_port() {
+        let o = |s: &str| origin(&s.parse::<Uri>().expect("uri"));
+        assert_eq!(o("https://R.io/v2/"), o("https://r.io:443/x"));
+        assert_ne!(o("https://r.io/"), o("http://r.io/"), "the scheme counts");
+        assert_ne!(
+            o("http://r.io:5000/"),
+            o("http://r.io:5001/"),
+            "the port counts"
+        );
+        assert_ne!(o("https://r.io/"), o("https://cdn.r.io/"));
     }
 
     #[test]

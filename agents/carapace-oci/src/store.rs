@@ -4,6 +4,7 @@
 //! <root>/blobs/sha256/<hex>      manifests, indexes and image configs, by digest
 //! <root>/layers/sha256/<hex>/    one unpacked layer tree, named by the digest of
 //!                                the compressed layer blob the manifest lists
+//! <root>/layers/.unpack-…/       a layer being unpacked (never in sha256/)
 //! <root>/images/<ref>.json       what a reference resolved to: manifest, index
 //!                                and config digests and the ordered layer list
 //! ```
@@ -12,18 +13,28 @@
 //! unpack, a removal) and is never read; [`Store::open`] and [`Store::gc`]
 //! clear what a crash left. A blob is written to a temporary file in its
 //! directory, fsynced, renamed and the directory fsynced; a layer is
-//! unpacked into a temporary directory, the filesystem synced, then renamed:
-//! a name in the store always means complete, verified content. A layer's
+//! unpacked through the handle of a private temporary directory in
+//! `layers/` (see [`crate::unpack`]), checked against its diff ID, the
+//! filesystem synced, then renamed into `layers/sha256/`: a name in the
+//! store always means complete, verified content. A refused layer has only
+//! its temporary directory removed, through the handle of `layers/` and
+//! without following a symlink, so the store is left exactly as it was. A layer's
 //! compressed blob is dropped once unpacked (the tree is what is used, and
 //! /var is small); its directory's name keeps its digest, so a layer that
 //! is there is never fetched again, whichever image asks for it.
 
+use crate::beneath::{kind_at, open_dir_at, remove_at, remove_tree_at};
 use crate::digest::{is_sha256_hex, Sha256Digest};
-use crate::error::StoreError;
+use crate::error::{PullError, StoreError};
 use crate::manifest::Platform;
+use crate::unpack::{unpack_layer, Compression, Limits};
 use oci_spec::image::ImageConfiguration;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -39,6 +50,7 @@ pub struct Store {
     pub(crate) platform: Platform,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) lock: Arc<tokio::sync::RwLock<()>>,
+    pub(crate) limits: Limits,
 }
 
 /// A pulled image: what a container is made from.
@@ -95,9 +107,18 @@ impl Store {
             platform: Platform::this_machine(),
             tls: None,
             lock: Arc::new(tokio::sync::RwLock::new(())),
+            limits: Limits::default(),
         };
         for dir in [store.blobs_dir(), store.layers_dir(), store.images_dir()] {
             fs::create_dir_all(&dir).map_err(|e| StoreError::new("create", &dir, e))?;
+        }
+        // `layers/` holds the unpacks a power cut interrupted.
+        for dir in [
+            store.blobs_dir(),
+            store.layers_dir(),
+            store.unpack_dir(),
+            store.images_dir(),
+        ] {
             for entry in read_dir(&dir)? {
                 if entry.name.starts_with('.') {
                     remove_any(&entry.path)?;
@@ -111,6 +132,12 @@ impl Store {
     /// architecture, linux/amd64 on a Carapace node).
     pub fn with_platform(mut self, platform: Platform) -> Store {
         self.platform = platform;
+        self
+    }
+
+    /// Bounds every layer unpacked from now on (default: [`Limits::default`]).
+    pub fn with_limits(mut self, limits: Limits) -> Store {
+        self.limits = limits;
         self
     }
 
@@ -147,7 +174,12 @@ impl Store {
     }
 
     pub(crate) fn layers_dir(&self) -> PathBuf {
-        self.root.join("layers").join("sha256")
+        self.unpack_dir().join("sha256")
+    }
+
+    /// `layers/`: where layers are unpacked before they get their name.
+    pub(crate) fn unpack_dir(&self) -> PathBuf {
+        self.root.join("layers")
     }
 
     pub(crate) fn images_dir(&self) -> PathBuf {
@@ -226,6 +258,73 @@ impl Store {
         tokio::task::spawn_blocking(move || store.collect(&refs, &blobs, &layers))
             .await
             .map_err(|e| StoreError::new("collect garbage in", images_dir, io::Error::other(e)))?
+    }
+
+    /// Unpacks the verified layer blob `blob` as the layer `digest`: into a
+    /// private temporary directory of `layers/`, through its handle, checked
+    /// against `diff_id`, synced, then renamed to `layers/sha256/<hex>`. On
+    /// any error only that temporary directory is removed. Blocking.
+    pub(crate) fn install_layer(
+        &self,
+        blob: &Path,
+        compression: Compression,
+        digest: &Sha256Digest,
+        diff_id: &str,
+    ) -> Result<PathBuf, PullError> {
+        let unpack_dir = self.unpack_dir();
+        let layers = open_dir(&unpack_dir)?;
+        let named = open_dir_at(layers.as_fd(), OsStr::new("sha256"))
+            .map_err(|e| StoreError::new("open", self.layers_dir(), e))?;
+        let temp = OsString::from(temp_name("unpack", digest.hex()));
+        let temp_path = unpack_dir.join(&temp);
+        rustix::fs::mkdirat(&layers, &temp, Mode::from_bits_truncate(0o700))
+            .map_err(|e| StoreError::new("create", &temp_path, e.into()))?;
+        let guard = TempDir {
+            parent: layers.as_fd(),
+            name: &temp,
+            armed: true,
+        };
+        let root = open_dir_at(layers.as_fd(), &temp)
+            .map_err(|e| StoreError::new("open", &temp_path, e))?;
+        let space_free = rustix::fs::fstatvfs(&layers)
+            .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+            .map_err(|e| StoreError::new("measure the space free in", &unpack_dir, e.into()))?
+            .saturating_sub(self.limits.keep_free);
+        let refused = |source| PullError::Layer {
+            digest: digest.to_string(),
+            source,
+        };
+        let actual = unpack_layer(blob, compression, root.as_fd(), &self.limits, space_free)
+            .map_err(refused)?;
+        if actual.to_string() != diff_id {
+            return Err(PullError::DiffIdMismatch {
+                digest: digest.to_string(),
+                expected: diff_id.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        // Everything unpacked reaches the disk before the name does.
+        rustix::fs::syncfs(&root).map_err(|e| StoreError::new("sync", &temp_path, e.into()))?;
+        drop(root);
+        let path = self.layer_path(digest);
+        match rustix::fs::renameat_with(
+            &layers,
+            &temp,
+            &named,
+            digest.hex(),
+            RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => guard.disarm(),
+            // Another pull put the same layer in place first.
+            Err(Errno::EXIST | Errno::NOTEMPTY)
+                if kind_at(named.as_fd(), OsStr::new(digest.hex()))
+                    .is_ok_and(|k| k == Some(FileType::Directory)) => {}
+            Err(e) => return Err(StoreError::new("rename into", &path, e.into()).into()),
+        }
+        rustix::fs::fsync(&named)
+            .and_then(|()| rustix::fs::fsync(&layers))
+            .map_err(|e| StoreError::new("fsync", &unpack_dir, e.into()))?;
+        Ok(path)
     }
 
     fn collect(
@@ -310,6 +409,38 @@ pub(crate) fn temp_name(kind: &str, hex: &str) -> String {
     )
 }
 
+/// A temporary directory (by name in its parent's handle) that is removed
+/// when dropped, unless kept.
+struct TempDir<'a> {
+    parent: BorrowedFd<'a>,
+    name: &'a OsStr,
+    armed: bool,
+}
+
+impl TempDir<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempDir<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = remove_tree_at(self.parent, self.name);
+        }
+    }
+}
+
+/// A directory of the store itself (a trusted path), opened.
+fn open_dir(path: &Path) -> Result<OwnedFd, StoreError> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| StoreError::new("open", path, e.into()))
+}
+
 /// A file or directory that is removed when dropped, unless kept.
 pub(crate) struct TempPath {
     path: PathBuf,
@@ -359,19 +490,25 @@ fn read_dir(dir: &Path) -> Result<Vec<DirEntry>, StoreError> {
     Ok(out)
 }
 
-/// Removes a file, or a directory and everything in it (never following a
-/// symlink); already gone is fine.
+/// Removes a file, or a directory and everything in it, through the handle
+/// of its directory (never following a symlink, whatever the depth of the
+/// tree); already gone is fine.
 pub(crate) fn remove_any(path: &Path) -> Result<(), StoreError> {
-    let r = match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) => Err(e),
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(StoreError::new(
+            "remove",
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "not a file in a directory"),
+        ));
     };
-    match r {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::new("remove", path, e)),
-    }
+    let dir = match open_dir(parent) {
+        Ok(dir) => dir,
+        Err(e) if e.source.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    remove_at(dir.as_fd(), name)
+        .map(|_| ())
+        .map_err(|e| StoreError::new("remove", path, e))
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {

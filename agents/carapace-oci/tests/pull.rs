@@ -6,7 +6,7 @@
 mod fake_registry;
 
 use carapace_model::containers::{ImageRef, Registry};
-use carapace_oci::{Platform, PullError, Store, UnpackError};
+use carapace_oci::{Limits, Platform, PullError, Store};
 use fake_registry::{hex, image, image_with, index, layer, Entry, FakeRegistry, TokenAuth};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -466,40 +466,236 @@ async fn a_pinned_digest_is_pulled_exactly() {
         .exists());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_layer_that_escapes_its_directory_is_refused() {
-    let registry = FakeRegistry::start().await;
-    let scratch = Scratch::new("escape");
-    let evil = layer(&[
-        Entry::File("ok", 0o644, b"ok"),
-        Entry::RawFile("../../escaped", b"x"),
-    ]);
-    let img = image(vec![evil.clone()]);
-    registry.push("test/evil", "v1", &img);
-    let reference = image_ref(&format!("{}/test/evil:v1", registry.host()));
+/// Every name under `dir` with what it is, its mode, owner, mtime and
+/// content or target: what must not change.
+fn snapshot(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("list") {
+            let p = e.expect("entry").path();
+            let m = fs::symlink_metadata(&p).expect("meta");
+            let what = if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if m.file_type().is_symlink() {
+                format!("-> {:?}", fs::read_link(&p).expect("link"))
+            } else if m.is_file() {
+                format!("{:?}", fs::read(&p).expect("read"))
+            } else {
+                format!("rdev {}", m.rdev())
+            };
+            out.push(format!(
+                "{} {:o} {}:{} {} {} {what}",
+                p.display(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.mtime(),
+                m.nlink()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
 
-    let e = scratch
-        .store()
-        .pull(&reference, None, true)
-        .await
-        .expect_err("refused");
-    assert!(
-        matches!(
-            &e,
-            PullError::Layer {
-                source: UnpackError::Escapes { .. },
-                ..
-            }
+/// A tar of hostile entries, names written raw (the tar crate refuses to
+/// write `..` and absolute names).
+struct HostileTar(tar::Builder<Vec<u8>>);
+
+impl HostileTar {
+    fn new() -> Self {
+        HostileTar(tar::Builder::new(Vec::new()))
+    }
+
+    fn header(kind: tar::EntryType, name: &str, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.as_gnu_mut().expect("gnu").name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(size);
+        h
+    }
+
+    fn file(mut self, name: &str, data: &[u8]) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, name, data.len() as u64);
+        h.set_cksum();
+        self.0.append(&h, data).expect("append");
+        self
+    }
+
+    fn link(mut self, kind: tar::EntryType, name: &str, target: &str) -> Self {
+        let mut h = Self::header(kind, name, 0);
+        h.set_link_name(target).expect("target");
+        h.set_cksum();
+        self.0.append(&h, std::io::empty()).expect("append");
+        self
+    }
+
+    fn char_device(mut self, name: &str, major: u32, minor: u32) -> Self {
+        let mut h = Self::header(tar::EntryType::Char, name, 0);
+        h.set_device_major(major).expect("major");
+        h.set_device_minor(minor).expect("minor");
+        h.set_cksum();
+        self.0.append(&h, std::io::empty()).expect("append");
+        self
+    }
+
+    fn pax(mut self, key: &str, value: &[u8]) -> Self {
+        self.0.append_pax_extensions([(key, value)]).expect("pax");
+        self
+    }
+
+    fn layer(self) -> fake_registry::Layer {
+        fake_registry::layer_of_tar(self.0.into_inner().expect("tar"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_layers_are_refused_and_leave_the_store_as_it_was() {
+    let registry = FakeRegistry::start().await;
+    let base = base_layer();
+    let good = image(vec![base.clone(), app_layer()]);
+    registry.push("test/good", "v1", &good);
+    let scratch = Scratch::new("hostile");
+    let limits = Limits {
+        entries: 50,
+        header_bytes: 64 * 1024,
+        bytes: 1024 * 1024,
+        keep_free: 0,
+    };
+    let store = scratch.store().with_limits(limits);
+    let good_ref = image_ref(&format!("{}/test/good:v1", registry.host()));
+    let pulled = store.pull(&good_ref, None, true).await.expect("good image");
+    let layers = scratch.0.join("layers");
+    let store_layers = layers.join("sha256");
+    let before = snapshot(&layers);
+    let base_hex = hex(&base.digest).to_string();
+
+    let many = (0..60).fold(HostileTar::new(), |t, i| t.file(&format!("f{i}"), b"x"));
+    let cases: Vec<(&str, fake_registry::Layer, &str)> = vec![
+        (
+            "whiteout of ..",
+            HostileTar::new().file(".wh...", b"").layer(),
+            "whiteout \".wh...\" does not name one file",
         ),
-        "{e:?}"
-    );
-    assert!(e.to_string().contains("escapes the layer directory"), "{e}");
-    assert!(
-        names(&scratch.0.join("layers/sha256")).is_empty(),
-        "nothing half unpacked kept"
-    );
-    assert!(!scratch.0.join("escaped").exists() && !scratch.0.join("layers/escaped").exists());
-    assert!(scratch.store().lookup(&reference).is_none());
+        (
+            "write through a symlink it just made",
+            HostileTar::new()
+                .link(
+                    tar::EntryType::Symlink,
+                    "evil",
+                    &store_layers.display().to_string(),
+                )
+                .file("evil/escape", b"x")
+                .layer(),
+            "goes through the symlink \"evil\"",
+        ),
+        (
+            "whiteout of a stored layer through a symlink",
+            HostileTar::new()
+                .link(
+                    tar::EntryType::Symlink,
+                    "evil",
+                    &store_layers.display().to_string(),
+                )
+                .file(&format!("evil/.wh.{base_hex}"), b"")
+                .layer(),
+            "goes through the symlink",
+        ),
+        (
+            "hard link to a stored layer's file",
+            HostileTar::new()
+                .link(
+                    tar::EntryType::Link,
+                    "motd",
+                    &format!("../sha256/{base_hex}/etc/motd"),
+                )
+                .layer(),
+            "is outside the layer directory",
+        ),
+        (
+            "hard link to an absolute path",
+            HostileTar::new()
+                .link(tar::EntryType::Link, "passwd", "/etc/passwd")
+                .layer(),
+            "is outside the layer directory",
+        ),
+        (
+            "absolute name",
+            HostileTar::new().file("/escape", b"x").layer(),
+            "its name is absolute",
+        ),
+        (
+            "dot-dot name",
+            HostileTar::new().file("a/../../escape", b"x").layer(),
+            "has a `..` component",
+        ),
+        (
+            "character device",
+            HostileTar::new().char_device("dev/mem", 1, 1).layer(),
+            "is a character device node",
+        ),
+        (
+            "gzip bomb",
+            HostileTar::new()
+                .file("zeros", &vec![0u8; 4 * 1024 * 1024])
+                .layer(),
+            "over 1048576 bytes, the limit of a layer",
+        ),
+        ("too many entries", many.layer(), "more than 50 entries"),
+        (
+            "oversize PAX header",
+            HostileTar::new()
+                .pax("comment", &vec![b'x'; 100 * 1024])
+                .file("f", b"x")
+                .layer(),
+            "PAX extended header of",
+        ),
+    ];
+    for (i, (what, layer, reason)) in cases.into_iter().enumerate() {
+        let repository = format!("test/evil{i}");
+        registry.push(&repository, "v1", &image(vec![base.clone(), layer]));
+        let reference = image_ref(&format!("{}/{repository}:v1", registry.host()));
+        let e = store.pull(&reference, None, true).await.expect_err(what);
+        assert!(matches!(e, PullError::Layer { .. }), "{what}: {e:?}");
+        assert!(e.to_string().contains(reason), "{what}: {e}");
+        assert_eq!(
+            snapshot(&layers),
+            before,
+            "{what}: the stored layers are untouched and no temporary directory is left"
+        );
+        assert!(
+            names(&scratch.0.join("blobs/sha256"))
+                .iter()
+                .all(|n| !n.starts_with('.')),
+            "{what}: no download left behind"
+        );
+        assert!(store.lookup(&reference).is_none(), "{what}");
+    }
+    assert!(!scratch.0.join("escape").exists() && !Path::new("/escape").exists());
+    assert_eq!(store.lookup(&good_ref), Some(pulled));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_unpack_is_cleared_when_the_store_opens() {
+    let scratch = Scratch::new("interrupted");
+    let outside = scratch.0.join("outside");
+    fs::create_dir_all(&outside).expect("outside");
+    fs::write(outside.join("keep"), b"keep").expect("keep");
+    scratch.store();
+    let temp = scratch.0.join("layers/.unpack-0123-1-1");
+    fs::create_dir_all(temp.join("a/b/c")).expect("half a layer");
+    fs::write(temp.join("a/b/c/file"), b"x").expect("file");
+    std::os::unix::fs::symlink(&outside, temp.join("a/to-outside")).expect("symlink");
+    scratch.store();
+    assert!(!temp.exists(), "the interrupted unpack is gone");
+    assert_eq!(names(&scratch.0.join("layers")), vec!["sha256".to_string()]);
+    assert_eq!(fs::read(outside.join("keep")).expect("kept"), b"keep");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,6 +58,10 @@ pub struct State {
     basic: Option<(String, String)>,
     /// `GET /v2/…` paths (and the Authorization header, if any).
     pub requests: Vec<(String, Option<String>)>,
+    /// The realm the Bearer challenge names, if not this registry's `/token`.
+    realm: Option<String>,
+    /// Blob requests are answered with a redirect to this base URL.
+    redirect_blobs: Option<String>,
 }
 
 pub struct FakeRegistry {
@@ -68,14 +72,23 @@ pub struct FakeRegistry {
 impl FakeRegistry {
     /// Plain HTTP.
     pub async fn start() -> FakeRegistry {
-        Self::serve(None).await
+        Self::serve(None, "127.0.0.1").await
+    }
+
+    /// Plain HTTP on another loopback address (another host, to the client).
+    pub async fn start_on(ip: &str) -> FakeRegistry {
+        Self::serve(None, ip).await
     }
 
     /// HTTPS with a certificate self-signed for 127.0.0.1, returned (DER)
     /// for the client to trust.
     pub async fn start_tls() -> (FakeRegistry, CertificateDer<'static>) {
-        let generated =
-            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+        Self::start_tls_on("127.0.0.1").await
+    }
+
+    /// HTTPS on `ip`, with a certificate self-signed for it.
+    pub async fn start_tls_on(ip: &str) -> (FakeRegistry, CertificateDer<'static>) {
+        let generated = rcgen::generate_simple_self_signed(vec![ip.to_string()]).expect("cert");
         let cert = generated.cert.der().clone();
         let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).expect("key");
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -87,11 +100,11 @@ impl FakeRegistry {
         .with_single_cert(vec![cert.clone()], key)
         .expect("server config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        (Self::serve(Some(acceptor)).await, cert)
+        (Self::serve(Some(acceptor), ip).await, cert)
     }
 
-    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> FakeRegistry {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>, ip: &str) -> FakeRegistry {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let scheme = if tls.is_some() { "https" } else { "http" };
         let state = Arc::new(Mutex::new(State::default()));
@@ -137,6 +150,22 @@ impl FakeRegistry {
 
     pub fn require_token(&self, auth: TokenAuth) {
         self.lock().auth = Some(auth);
+    }
+
+    /// Names `realm` in the Bearer challenge instead of this registry's `/token`.
+    pub fn set_realm(&self, realm: &str) {
+        self.lock().realm = Some(realm.to_string());
+    }
+
+    /// Answers blob requests with a redirect to the same path under `base`
+    /// (`http://host:port`), as registries do to a CDN.
+    pub fn redirect_blobs_to(&self, base: &str) {
+        self.lock().redirect_blobs = Some(base.to_string());
+    }
+
+    /// Every request with the Authorization header it carried.
+    pub fn requests_with_authorization(&self) -> Vec<(String, Option<String>)> {
+        self.lock().requests.clone()
     }
 
     pub fn put_blob(&self, digest: &str, bytes: Vec<u8>) {
@@ -275,7 +304,11 @@ fn handle(
     if let Some(auth) = &state.auth {
         if authorization.as_deref() != Some(format!("Bearer {}", auth.token).as_str()) {
             let mut r = error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
-            let challenge = format!("Bearer realm=\"{scheme}://{addr}/token\",service=\"fake\"");
+            let realm = state
+                .realm
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{addr}/token"));
+            let challenge = format!("Bearer realm=\"{realm}\",service=\"fake\"");
             r.headers_mut()
                 .insert("WWW-Authenticate", challenge.parse().expect("header"));
             return r;
@@ -300,6 +333,13 @@ fn handle(
     }
     if let Some(i) = rest.rfind("/blobs/") {
         let digest = &rest[i + "/blobs/".len()..];
+        if let Some(base) = &state.redirect_blobs {
+            return Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header("Location", format!("{base}{path}"))
+                .body(Full::new(Bytes::new()))
+                .expect("response");
+        }
         return match state.blobs.get(digest) {
             Some(bytes) => respond(StatusCode::OK, "application/octet-stream", bytes.clone()),
             None => error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
@@ -390,8 +430,12 @@ pub fn layer(entries: &[Entry<'_>]) -> Layer {
             }
         }
     }
-    let tar = b.into_inner().expect("tar");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    layer_of_tar(b.into_inner().expect("tar"))
+}
+
+/// A layer whose uncompressed tar is `tar`, as it is (hostile ones too).
+pub fn layer_of_tar(tar: Vec<u8>) -> Layer {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&tar).expect("gzip");
     let blob = gz.finish().expect("gzip");
     Layer {

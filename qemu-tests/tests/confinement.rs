@@ -1,0 +1,234 @@
+//! Containers are confined by default, and loosened only when their
+//! settings say so (issue 10). One boot, the test image pushed to a
+//! registry on the host (as in `containers.rs`):
+//!
+//! - `probe` runs the test container's `probe`: `unshare(CLONE_NEWUSER)`,
+//!   `keyctl`, a raw socket, `mknod` of a character device and a tmpfs
+//!   `mount` are each refused (seccomp, the capability set without NET_RAW
+//!   and MKNOD);
+//! - `loose` runs the same probe with `capabilities_add: ["NET_RAW"]`: its
+//!   raw socket is allowed, everything else still refused;
+//! - `bomb` forks until the kernel refuses: it stops at its `pids.max`
+//!   (1024 by default) while the API keeps answering over TLS;
+//! - `hog`, with no `memory_max` of its own, eats more than the whole
+//!   containers' slice may have: the kernel kills it for memory (status
+//!   says so) and the API keeps answering.
+
+use anyhow::{ensure, Context, Result};
+use qemu_tests::{test_oci_layout, Ctl, Node, Registry, TestDisk};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "confinement-token-0123456789";
+
+/// How long a container may take to get where a test waits for it (TCG is slow).
+const WAIT: Duration = Duration::from_secs(300);
+
+fn status(node: &mut Node, ctl: &Ctl) -> Result<Value> {
+    let out = node.ctl_ok(ctl, &["--output", "json", "status"])?;
+    serde_json::from_str(&out).with_context(|| format!("status printed {out:?}"))
+}
+
+fn container<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+}
+
+/// Polls status (each poll is the API answering over TLS) until `done`
+/// holds for the named container.
+fn wait_container(
+    node: &mut Node,
+    ctl: &Ctl,
+    name: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let asked = Instant::now();
+        let s = status(node, ctl).with_context(|| format!("while waiting for {name}: {what}"))?;
+        ensure!(
+            asked.elapsed() < Duration::from_secs(30),
+            "status took {:?} while waiting for {name}: {what}",
+            asked.elapsed()
+        );
+        if let Some(c) = container(&s, name) {
+            if done(c) {
+                return Ok(c.clone());
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "container {name}: {what}: not within {} s; status {}",
+            WAIT.as_secs(),
+            s["containers"]
+        );
+        node.drain();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Polls the container's log until a line contains `marker`; returns the log.
+fn wait_log(node: &mut Node, ctl: &Ctl, name: &str, marker: &str) -> Result<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let logs = node.ctl_ok(ctl, &["logs", &format!("container_{name}")])?;
+        if logs.contains(marker) {
+            return Ok(logs);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "container {name}: no {marker:?} in its log within {} s: {logs}",
+            WAIT.as_secs()
+        );
+        node.drain();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The outcome of `probe <what>` in a probe log: `allowed` or `refused (…)`.
+fn probed<'a>(logs: &'a str, what: &str) -> Option<&'a str> {
+    let prefix = format!("probe {what}: ");
+    logs.lines()
+        .find_map(|l| l.split_once(&prefix).map(|(_, outcome)| outcome.trim()))
+}
+
+const PROBES: [&str; 5] = [
+    "unshare(CLONE_NEWUSER)",
+    "keyctl",
+    "raw socket",
+    "mknod",
+    "mount",
+];
+
+#[test]
+fn containers_are_confined_by_default_and_loosened_only_on_request() -> Result<()> {
+    let registry = Registry::start("confinement")?;
+    registry.push(&test_oci_layout(), "1", "test/hello", "1")?;
+    let image = registry.reference_for_node("test/hello", "1");
+    let disk = TestDisk::fresh("confinement")?;
+    let mut node = disk.boot_with_user_data(&format!(
+        "hostname = \"confinement-node\"\n[api]\ntoken = \"{TOKEN}\"\n[registries.\"{}\"]\ninsecure = true\n",
+        registry.host_for_node()
+    ))?;
+    node.wait_ready()?;
+    let fingerprint = node.wait_api_reachable()?;
+    node.wait_until("the checker is done", |t| t.contains("checker: done"))?;
+    node.wait_until("the containers' slice is limited", |t| {
+        t.contains("carapace-containers: carapace.slice: memory.max ")
+    })?;
+    let ctl = node.ctl(&fingerprint, Some(TOKEN));
+
+    // The probes, confined and loosened by one capability.
+    let probe = serde_json::json!({ "image": image, "args": ["probe"], "restart": "never" });
+    let loose = serde_json::json!({
+        "image": image, "args": ["probe"], "restart": "never", "capabilities_add": ["NET_RAW"]
+    });
+    node.ctl_ok(
+        &ctl,
+        &[
+            "set",
+            &format!("containers.probe={probe}"),
+            &format!("containers.loose={loose}"),
+        ],
+    )?;
+    let logs = wait_log(&mut node, &ctl, "probe", "probe done")?;
+    for what in PROBES {
+        let outcome = probed(&logs, what).with_context(|| format!("no {what} probe: {logs}"))?;
+        assert!(
+            outcome.starts_with("refused"),
+            "a default container: {what} must be refused, was {outcome}: {logs}"
+        );
+    }
+    let loose_logs = wait_log(&mut node, &ctl, "loose", "probe done")?;
+    assert_eq!(
+        probed(&loose_logs, "raw socket"),
+        Some("allowed"),
+        "capabilities_add NET_RAW gives raw sockets: {loose_logs}"
+    );
+    for what in ["unshare(CLONE_NEWUSER)", "keyctl", "mknod", "mount"] {
+        assert!(
+            probed(&loose_logs, what).is_some_and(|o| o.starts_with("refused")),
+            "NET_RAW loosens nothing else ({what}): {loose_logs}"
+        );
+    }
+
+    // A fork bomb stops at pids.max; the API answers meanwhile.
+    let bomb = serde_json::json!({ "image": image, "args": ["forkbomb"], "restart": "never" });
+    node.ctl_ok(
+        &ctl,
+        &[
+            "set",
+            "containers.probe=null",
+            "containers.loose=null",
+            &format!("containers.bomb={bomb}"),
+        ],
+    )?;
+    let bomb_logs = wait_log(&mut node, &ctl, "bomb", "forkbomb stopped at ")?;
+    let stopped: u64 = bomb_logs
+        .lines()
+        .find_map(|l| l.split("forkbomb stopped at ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no count in the bomb's log: {bomb_logs}"))?;
+    assert!(
+        (512..=1024).contains(&stopped),
+        "the bomb stops at pids.max 1024 (its own processes, crun's aside): {stopped}: {bomb_logs}"
+    );
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let s = status(&mut node, &ctl)?;
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "status answers while the bomb sits at its limit"
+        );
+        assert_eq!(
+            container(&s, "bomb").map(|c| c["state"].clone()),
+            Some(Value::from("running")),
+            "{}",
+            s["containers"]
+        );
+    }
+
+    // A memory hog without a limit of its own meets the slice's.
+    let hog = serde_json::json!({ "image": image, "args": ["eat", "1536"], "restart": "never" });
+    node.ctl_ok(
+        &ctl,
+        &[
+            "set",
+            "containers.bomb=null",
+            &format!("containers.hog={hog}"),
+        ],
+    )?;
+    let hog = wait_container(&mut node, &ctl, "hog", "killed", |c| {
+        c["last_exit"].as_str().is_some_and(|e| !e.is_empty())
+    })?;
+    assert!(
+        hog["last_exit"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("out of memory"),
+        "the hog was killed for memory: {hog}"
+    );
+    let hog_logs = node.ctl_ok(&ctl, &["logs", "container_hog"])?;
+    assert!(
+        !hog_logs.contains("ate all"),
+        "the hog never got all it asked for: {hog_logs}"
+    );
+    // The node's own services were not the ones killed.
+    status(&mut node, &ctl)?;
+    node.drain();
+    assert!(
+        !node.transcript.contains("carapace: service api exited")
+            && !node
+                .transcript
+                .contains("carapace: service containers exited"),
+        "no agent died for the containers' memory"
+    );
+
+    node.press_power_button()?;
+    node.wait_exit()?;
+    Ok(())
+}
