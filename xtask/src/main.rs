@@ -161,7 +161,15 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     .dir(root)
     .run()?;
     let ctl = root.join("target/debug/carapace-ctl");
-    let mut args = vec!["test", "-p", "qemu-tests", "--", "--test-threads=2"];
+    // Every scenario runs even when one fails, so one run shows them all.
+    let mut args = vec![
+        "test",
+        "-p",
+        "qemu-tests",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=2",
+    ];
     args.extend(filter);
     duct::cmd(&cargo, &args)
         .dir(root)
