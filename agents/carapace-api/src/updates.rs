@@ -64,19 +64,23 @@ impl DbusUpdates {
         let c = conn
             .clone()
             .ok_or_else(|| UpdateError::Unavailable("no bus connection".into()))?;
-        match carapace_update::dbus::daemon_present(&c).await {
-            Ok(true) => {}
-            Ok(false) => {
+        // Only a daemon running as root is asked, by its unique name.
+        let owner = match carapace_update::dbus::root_owner(&c).await {
+            Ok(Some(owner)) => owner,
+            Ok(None) => {
                 return Err(UpdateError::Unavailable(
                     "the update daemon is not on the system bus (not running yet?)".into(),
                 ))
             }
+            Err(zbus::Error::Failure(why)) => return Err(UpdateError::Unavailable(why)),
             Err(e) => {
                 *conn = None;
                 return Err(UpdateError::Unavailable(format!("the system bus: {e}")));
             }
-        }
-        carapace_update::dbus::Update1ClientProxy::new(&c)
+        };
+        carapace_update::dbus::Update1ClientProxy::builder(&c)
+            .destination(owner)
+            .build()
             .await
             .map_err(|e| UpdateError::Unavailable(e.to_string()))
     }

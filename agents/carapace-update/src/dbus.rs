@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::status::{State, Status};
 use std::sync::Arc;
 use zbus::message::Header;
+use zbus::names::OwnedUniqueName;
 use zbus::object_server::SignalEmitter;
 use zbus::{fdo, interface, Connection};
 
@@ -44,6 +45,31 @@ pub async fn daemon_present(conn: &Connection) -> zbus::Result<bool> {
     let name = zbus::names::BusName::try_from(NAME)?;
     Ok(bus.name_has_owner(name).await?)
 }
+/// Who answers for the daemon: the unique name owning [`NAME`] now, if its
+/// process runs as root (the bus puts SO_PEERCRED behind
+/// GetConnectionUnixUser, which a peer cannot forge). Calling that unique
+/// name rather than the well-known one means no other process can answer,
+/// not even in the instant before the bus evicts a non-root owner. None:
+/// nobody owns the name.
+pub async fn root_owner(conn: &Connection) -> zbus::Result<Option<OwnedUniqueName>> {
+    let bus = fdo::DBusProxy::new(conn).await?;
+    let name = zbus::names::BusName::try_from(NAME)?;
+    let owner = match bus.get_name_owner(name).await {
+        Ok(owner) => owner,
+        Err(fdo::Error::NameHasNoOwner(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let uid = bus
+        .get_connection_unix_user(zbus::names::BusName::from(owner.as_ref()))
+        .await?;
+    if uid != 0 {
+        return Err(zbus::Error::Failure(format!(
+            "{NAME} is owned by {owner}, which runs as uid {uid}, not root"
+        )));
+    }
+    Ok(Some(owner))
+}
+
 pub const PATH: &str = "/org/carapace/Update1";
 
 /// The object served at [`PATH`].
