@@ -270,10 +270,22 @@ impl TestDisk {
     /// Boots this disk with user data (TOML) in QEMU's fw_cfg, as
     /// `opt/carapace/user-data`.
     pub fn boot_with_user_data(&self, toml: &str) -> Result<Node> {
+        self.boot_with_user_data_and(toml, &[])
+    }
+
+    /// The same, with more QEMU arguments (another fw_cfg entry).
+    pub fn boot_with_user_data_and(&self, toml: &str, extra: &[String]) -> Result<Node> {
         let file = self.dir.join("user-data.toml");
         std::fs::write(&file, toml)?;
         let arg = format!("name=opt/carapace/user-data,file={}", file.display());
-        Node::boot(self, &["-fw_cfg".to_string(), arg])
+        let mut args = vec!["-fw_cfg".to_string(), arg];
+        args.extend_from_slice(extra);
+        Node::boot(self, &args)
+    }
+
+    /// Boots this disk with more QEMU arguments.
+    pub fn boot_with(&self, extra: &[String]) -> Result<Node> {
+        Node::boot(self, extra)
     }
 }
 
@@ -647,6 +659,22 @@ impl Node {
             );
         }
         Ok(out.stdout)
+    }
+
+    /// The log of container `name` (`carapace-ctl logs container_<name>`),
+    /// empty while the container has written none yet.
+    pub fn container_log(&mut self, ctl: &Ctl, name: &str) -> Result<String> {
+        let service = format!("container_{name}");
+        let out = self.run_ctl(ctl, &["logs", &service])?;
+        match out.code {
+            0 => Ok(out.stdout),
+            1 if out.stderr.contains("no log of a service named") => Ok(String::new()),
+            code => bail!(
+                "carapace-ctl logs {service} exited with {code}: {}{}",
+                out.stdout,
+                out.stderr
+            ),
+        }
     }
 
     /// Waits for `carapace: ready` and parses it.

@@ -74,7 +74,7 @@ fn wait_container(
 fn wait_log(node: &mut Node, ctl: &Ctl, name: &str, marker: &str) -> Result<String> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let logs = node.ctl_ok(ctl, &["logs", &format!("container_{name}")])?;
+        let logs = node.container_log(ctl, name)?;
         if logs.contains(marker) {
             return Ok(logs);
         }

@@ -105,7 +105,7 @@ fn a_container_filling_its_writable_layer_stops_at_the_bound_and_can_be_removed(
     node.ctl_ok(&ctl, &["set", &format!("containers.filler={filler}")])?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let (filled, error) = loop {
-        let logs = node.ctl_ok(&ctl, &["logs", "container_filler"])?;
+        let logs = node.container_log(&ctl, "filler")?;
         if let Some(found) = filled_line(&logs) {
             break found;
         }

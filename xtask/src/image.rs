@@ -104,6 +104,7 @@ const TEST_BINS: &[(&str, &str)] = &[
     ("qemu-tests", "carapace-test-crasher"),
     ("qemu-tests", "carapace-test-dbus"),
     ("qemu-tests", "carapace-test-idle"),
+    ("qemu-tests", "carapace-test-flood"),
 ];
 
 /// Builds (or reuses) the image of `variant`.
