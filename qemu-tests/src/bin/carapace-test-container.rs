@@ -223,6 +223,11 @@ fn fill(dir: &str) -> ! {
     const FILE_MIB: u64 = 64;
     let chunk = vec![0x5au8; 1 << 20];
     let mut written = 0u64;
+    // The directory may be new (in the writable layer).
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        say(&format!("filled 0 MiB: cannot create {dir}: {e}"));
+        sleep_forever()
+    }
     let error = 'fill: loop {
         let path = std::path::Path::new(dir).join(format!("fill-{}", written / FILE_MIB));
         let mut file = match std::fs::File::create(&path) {
