@@ -8,6 +8,9 @@
 //! The host needs a descriptor per connection in this process and another
 //! in QEMU (its user network has a socket per forwarded connection): call
 //! [`raise_descriptor_limit`] before the node boots, so QEMU inherits it.
+//!
+//! [`connect`] and [`closed`] are also what the node's own flood probe
+//! (`carapace-test-flood`) uses from inside.
 
 use anyhow::{bail, Context, Result};
 use std::io::{ErrorKind, Read, Write};
@@ -25,7 +28,7 @@ const SWEEP: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A TLS record header announcing a 512-byte handshake message, and the
 /// start of a ClientHello (type 1, length, TLS 1.2): then nothing more.
-const HALF_CLIENT_HELLO: [u8; 11] = [
+pub const HALF_CLIENT_HELLO: [u8; 11] = [
     0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
 ];
 
@@ -102,8 +105,15 @@ pub struct Flood {
 }
 
 fn open(addr: SocketAddr, kind: Kind) -> Option<TcpStream> {
+    connect(addr, kind == Kind::HalfTls)
+}
+
+/// One hostile connection to `addr`: silent, or (`half_tls`) the first bytes
+/// of a ClientHello and nothing more; non-blocking, for [`closed`]. None
+/// when it cannot connect within a few seconds.
+pub fn connect(addr: SocketAddr, half_tls: bool) -> Option<TcpStream> {
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).ok()?;
-    if kind == Kind::HalfTls {
+    if half_tls {
         stream.write_all(&HALF_CLIENT_HELLO).ok()?;
     }
     stream.set_nonblocking(true).ok()?;
@@ -112,7 +122,7 @@ fn open(addr: SocketAddr, kind: Kind) -> Option<TcpStream> {
 
 /// Whether the peer has closed `stream` (EOF or an error); what it sends
 /// (a TLS alert) is read and dropped.
-fn closed(stream: &mut TcpStream) -> bool {
+pub fn closed(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 512];
     loop {
         match stream.read(&mut buf) {

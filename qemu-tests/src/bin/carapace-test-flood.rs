@@ -18,7 +18,8 @@
 //! closed by the server` every 10 s; `flood: not asked for` and exit 0 when
 //! the fw_cfg entry is absent.
 
-use std::io::{ErrorKind, Read, Write};
+use qemu_tests::flood::{closed, connect};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -26,12 +27,6 @@ const REQUEST: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/carapace/test-flood
 const API_PORT: u16 = 8443;
 /// How many closed connections are opened again per second, at most.
 const REOPEN_PER_SECOND: usize = 50;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// A TLS record header announcing a 512-byte handshake message and the
-/// start of a ClientHello: then nothing more.
-const HALF_CLIENT_HELLO: [u8; 11] = [
-    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
-];
 
 fn say(msg: &str) {
     let mut out = std::io::stdout().lock();
@@ -46,29 +41,6 @@ fn node_address() -> Option<IpAddr> {
     probe.connect("192.0.2.1:9").ok()?;
     let ip = probe.local_addr().ok()?.ip();
     (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
-}
-
-fn open(addr: SocketAddr, half_tls: bool) -> Option<TcpStream> {
-    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).ok()?;
-    if half_tls {
-        stream.write_all(&HALF_CLIENT_HELLO).ok()?;
-    }
-    stream.set_nonblocking(true).ok()?;
-    Some(stream)
-}
-
-/// Whether the server has closed `stream`; what it sends is dropped.
-fn closed(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 512];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return true,
-        }
-    }
 }
 
 fn parse(request: &str) -> Option<(usize, usize)> {
@@ -119,7 +91,7 @@ fn main() -> std::process::ExitCode {
     // slot is retried until it connects once.
     for slot in &mut slots {
         loop {
-            if let Some(stream) = open(addr, slot.0) {
+            if let Some(stream) = connect(addr, slot.0) {
                 slot.1 = Some(stream);
                 opened += 1;
                 break;
@@ -148,7 +120,7 @@ fn main() -> std::process::ExitCode {
             }
             if slot.1.is_none() && reopened < REOPEN_PER_SECOND {
                 reopened += 1;
-                slot.1 = open(addr, slot.0);
+                slot.1 = connect(addr, slot.0);
                 if slot.1.is_some() {
                     opened += 1;
                 }
