@@ -8,6 +8,11 @@
 //!   and MKNOD);
 //! - `loose` runs the same probe with `capabilities_add: ["NET_RAW"]`: its
 //!   raw socket is allowed, everything else still refused;
+//! - `userns-probe`, with `userns: true`, runs the test container's
+//!   `userns`: its uid_map is a range of the node's ids (not the
+//!   identity `0 0 4294967295`), it is uid 0 inside, and a file it
+//!   creates in its writable layer (the idmapped overlay) is owned by 0 as
+//!   it sees it;
 //! - `bomb` forks until the kernel refuses: it stops at its `pids.max`
 //!   (1024 by default) while the API keeps answering over TLS;
 //! - `hog`, with no `memory_max` of its own, eats more than the whole
@@ -155,14 +160,51 @@ fn containers_are_confined_by_default_and_loosened_only_on_request() -> Result<(
         );
     }
 
-    // A fork bomb stops at pids.max; the API answers meanwhile.
-    let bomb = serde_json::json!({ "image": image, "args": ["forkbomb"], "restart": "never" });
+    // Its own user namespace: root inside, a range of ids on the node.
+    let mapped = serde_json::json!({
+        "image": image, "args": ["userns"], "restart": "never", "userns": true
+    });
     node.ctl_ok(
         &ctl,
         &[
             "set",
             "containers.probe=null",
             "containers.loose=null",
+            &format!("containers.userns-probe={mapped}"),
+        ],
+    )?;
+    let userns_logs = wait_log(&mut node, &ctl, "userns-probe", "userns done")?;
+    let said = |what: &str| {
+        let prefix = format!("userns {what}: ");
+        userns_logs
+            .lines()
+            .find_map(|l| l.split_once(&prefix).map(|(_, v)| v.trim().to_string()))
+            .with_context(|| format!("no {what} line: {userns_logs}"))
+    };
+    let map = said("uid_map")?;
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    assert!(
+        map != "0 0 4294967295" && fields.len() == 3 && fields[0] == "0" && fields[2] == "65536",
+        "a userns container maps its 65536 ids to a range of the node's, not the identity: {map:?}: {userns_logs}"
+    );
+    assert!(
+        fields[1].parse::<u32>().is_ok_and(|first| first >= 100_000),
+        "its root is not one of the node's own ids: {map:?}"
+    );
+    assert_eq!(said("uid")?, "0", "root inside: {userns_logs}");
+    assert_eq!(
+        said("owner")?,
+        "0",
+        "what it writes in its layer is its root's: {userns_logs}"
+    );
+
+    // A fork bomb stops at pids.max; the API answers meanwhile.
+    let bomb = serde_json::json!({ "image": image, "args": ["forkbomb"], "restart": "never" });
+    node.ctl_ok(
+        &ctl,
+        &[
+            "set",
+            "containers.userns-probe=null",
             &format!("containers.bomb={bomb}"),
         ],
     )?;

@@ -10,6 +10,8 @@
 //! | `volumes/<i>` | staging mount points: volume `i` of the settings, bound here through a descriptor |
 //! | `resolv.conf`, `hosts` | bound over the container's /etc files with `host_network`; rewritten in place, so a running container sees a change |
 //! | `crun.log` | crun's own error messages of the last run ([`crate::runtime`]) |
+//! | `userns` | with `userns`: the container's range of the node's ids ([`crate::userns`]) |
+//! | `idmap/<i>`, `idmap/rw` | with `userns`, only while the overlay is mounted: layer `i` and the bundle itself, idmapped |
 //!
 //! The writable layer outlives a restart of the container, as Docker's does,
 //! but not a change of image: when the layers differ from the ones
@@ -33,6 +35,16 @@
 //! delete while one is still mounted, which would delete the volume's
 //! contents through it.
 //!
+//! **With `userns`** ([`crate::userns`]) the container's range is assigned
+//! (recorded in `userns`), a user namespace with its mapping made, and
+//! the overlay stacks idmapped mounts instead: each layer bound read-only
+//! on `idmap/<i>`, the bundle's own directory (with `upper/` and `work/`,
+//! which overlayfs wants on one mount) on `idmap/rw`; the overlay is
+//! mounted as the range's root, then those staging mounts are detached
+//! (the overlay keeps private copies). The volumes' staging binds are
+//! idmapped too. On disk nothing changes owner: the layers stay shared,
+//! the writable layer and volumes hold the ids the container sees.
+//!
 //! The overlay is mounted with mount(2), whose option string must fit in one
 //! page: with layer paths of about 100 bytes that is about 40 layers. A
 //! longer string is refused by name ([`BundleError::OverlayTooLong`]) rather
@@ -44,6 +56,7 @@
 
 use crate::image_user::{self, UserError};
 use crate::spec::{self, HostFiles, SpecError};
+use crate::userns::{self, IdRange, MountAttributes, UsernsError};
 use carapace_model::containers::{Container, ContainerName, VolumePath, VOLUMES_DIR};
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::Spec;
@@ -78,6 +91,8 @@ pub enum BundleError {
     User { name: String, source: UserError },
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error(transparent)]
+    Userns(#[from] UsernsError),
 }
 
 fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BundleError {
@@ -101,6 +116,20 @@ pub trait Mounter {
         target: &Path,
         read_only: bool,
     ) -> io::Result<()>;
+    /// A user namespace whose maps are `range` ([`userns::create_user_namespace`]).
+    fn user_namespace(&self, range: IdRange) -> io::Result<OwnedFd>;
+    /// Binds the directory `source` refers to on `target` (an empty
+    /// directory), idmapped with the mapping of user namespace `userns`.
+    fn bind_idmapped(
+        &self,
+        source: BorrowedFd<'_>,
+        target: &Path,
+        userns: BorrowedFd<'_>,
+        attributes: MountAttributes,
+    ) -> io::Result<()>;
+    /// Mounts an overlayfs with `options` on `target` as the root of
+    /// `range` ([`userns::as_range_root`]).
+    fn mount_overlay_as(&self, target: &Path, options: &str, range: IdRange) -> io::Result<()>;
 }
 
 /// The real thing, through rustix.
@@ -180,6 +209,42 @@ impl Mounter for KernelMounter {
         }
         rustix::mount::mount_remount(target, flags, "")?;
         Ok(())
+    }
+
+    fn user_namespace(&self, range: IdRange) -> io::Result<OwnedFd> {
+        userns::create_user_namespace(range).map_err(io::Error::other)
+    }
+
+    fn bind_idmapped(
+        &self,
+        source: BorrowedFd<'_>,
+        target: &Path,
+        userns: BorrowedFd<'_>,
+        attributes: MountAttributes,
+    ) -> io::Result<()> {
+        use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+        let tree = rustix::mount::open_tree(
+            source,
+            "",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_EMPTY_PATH,
+        )?;
+        // Only a mount not yet attached can be idmapped.
+        userns::set_idmap(tree.as_fd(), userns, attributes)?;
+        rustix::mount::move_mount(
+            &tree,
+            "",
+            rustix::fs::CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )?;
+        Ok(())
+    }
+
+    fn mount_overlay_as(&self, target: &Path, options: &str, range: IdRange) -> io::Result<()> {
+        userns::as_range_root(range, || self.mount_overlay(target, options))
+            .map_err(io::Error::other)?
     }
 }
 
@@ -339,6 +404,7 @@ pub struct Image<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
     name: ContainerName,
+    run_root: PathBuf,
     dir: PathBuf,
     volumes_dir: PathBuf,
 }
@@ -354,6 +420,7 @@ impl Bundle {
     pub fn with_volumes_dir(root: &Path, name: &ContainerName, volumes_dir: &Path) -> Bundle {
         Bundle {
             name: name.clone(),
+            run_root: root.to_path_buf(),
             dir: root.join(name.as_str()),
             volumes_dir: volumes_dir.to_path_buf(),
         }
@@ -394,6 +461,11 @@ impl Bundle {
     pub fn volume_staging(&self) -> PathBuf {
         self.dir.join("volumes")
     }
+    /// With `userns`, the directory of the idmapped layers' staging mount
+    /// points while the overlay is mounted.
+    pub fn idmap_staging(&self) -> PathBuf {
+        self.dir.join("idmap")
+    }
 
     /// The node's files the spec of this bundle points at.
     pub fn host_files(&self) -> HostFiles {
@@ -420,6 +492,99 @@ impl Bundle {
         mounter: &dyn Mounter,
         layers: &[PathBuf],
     ) -> Result<(), BundleError> {
+        let options = self.ready_for_overlay(mounter, layers)?;
+        let rootfs = self.rootfs();
+        mounter
+            .mount_overlay(&rootfs, &options)
+            .map_err(io_error("mount the overlay on", &rootfs))
+    }
+
+    /// [`Bundle::mount_rootfs`] for a container in a user namespace of
+    /// `range`, whose descriptor is `userns`: the layers and the writable
+    /// layer idmapped (see the module documentation).
+    pub fn mount_rootfs_mapped(
+        &self,
+        mounter: &dyn Mounter,
+        layers: &[PathBuf],
+        range: IdRange,
+        userns: BorrowedFd<'_>,
+    ) -> Result<(), BundleError> {
+        self.ready_for_overlay(mounter, layers)?;
+        let rootfs = self.rootfs();
+        let mounted = self
+            .stage_idmapped_layers(mounter, layers, userns)
+            .and_then(|lower| {
+                let rw = self.idmap_staging().join("rw");
+                let options = overlay_options(&lower, &rw.join("upper"), &rw.join("work"))?;
+                mounter
+                    .mount_overlay_as(&rootfs, &options, range)
+                    .map_err(io_error("mount the overlay on", &rootfs))
+            });
+        // The overlay holds its own copies: the staging mounts go either way.
+        let unstaged = self.unmount_idmap_staging(mounter);
+        mounted.and(unstaged)
+    }
+
+    /// Binds each layer (read-only) on `idmap/<i>` and the bundle's own
+    /// directory on `idmap/rw`, idmapped; returns the layers' points in
+    /// the order of `layers`.
+    fn stage_idmapped_layers(
+        &self,
+        mounter: &dyn Mounter,
+        layers: &[PathBuf],
+        userns: BorrowedFd<'_>,
+    ) -> Result<Vec<PathBuf>, BundleError> {
+        let staging = self.idmap_staging();
+        Self::create_dir(&staging)?;
+        let bind = |source: &Path, point: &Path, read_only: bool| -> Result<(), BundleError> {
+            let dir = rustix::fs::open(
+                source,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+            .map_err(|e| io_error("open", source)(e.into()))?;
+            Self::create_dir(point)?;
+            let attributes = MountAttributes {
+                read_only,
+                nosuid_nodev: false,
+            };
+            mounter
+                .bind_idmapped(dir.as_fd(), point, userns, attributes)
+                .map_err(|e| BundleError::Io {
+                    what: "bind idmapped on",
+                    path: point.to_path_buf(),
+                    source: io::Error::new(e.kind(), format!("{} ({e})", source.display())),
+                })
+        };
+        let mut points = Vec::with_capacity(layers.len());
+        for (index, layer) in layers.iter().enumerate() {
+            let point = staging.join(index.to_string());
+            bind(layer, &point, true)?;
+            points.push(point);
+        }
+        bind(&self.dir, &staging.join("rw"), false)?;
+        Ok(points)
+    }
+
+    /// Unmounts what is staged in `idmap/` and removes the directory.
+    fn unmount_idmap_staging(&self, mounter: &dyn Mounter) -> Result<(), BundleError> {
+        let staging = self.idmap_staging();
+        self.unmount_points_in(mounter, &staging)?;
+        match std::fs::remove_dir(&staging) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("remove", &staging)(e)),
+        }
+    }
+
+    /// Everything before the overlay's mount: the directories, an earlier
+    /// mount gone, the writable layer kept or started afresh, and the
+    /// record; returns the overlay's options.
+    fn ready_for_overlay(
+        &self,
+        mounter: &dyn Mounter,
+        layers: &[PathBuf],
+    ) -> Result<String, BundleError> {
         let options = self.overlay_options(layers)?;
         Self::create_dir(&self.dir)?;
         let rootfs = self.rootfs();
@@ -439,9 +604,7 @@ impl Bundle {
         Self::create_dir(&self.upper())?;
         Self::create_dir(&self.work())?;
         write_atomically(&record, options.as_bytes())?;
-        mounter
-            .mount_overlay(&rootfs, &options)
-            .map_err(io_error("mount the overlay on", &rootfs))
+        Ok(options)
     }
 
     /// Binds the source of every volume of `container` on its staging mount
@@ -452,6 +615,17 @@ impl Bundle {
         &self,
         mounter: &dyn Mounter,
         container: &Container,
+    ) -> Result<(), BundleError> {
+        self.stage_volumes_mapped(mounter, container, None)
+    }
+
+    /// [`Bundle::stage_volumes`], the binds idmapped with the mapping of
+    /// user namespace `userns` when one is given.
+    pub fn stage_volumes_mapped(
+        &self,
+        mounter: &dyn Mounter,
+        container: &Container,
+        userns: Option<BorrowedFd<'_>>,
     ) -> Result<(), BundleError> {
         let staging = self.volume_staging();
         Self::create_dir(&staging)?;
@@ -464,12 +638,22 @@ impl Bundle {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_error("create", &point)(e)),
             }
-            mounter
-                .bind_directory(source.as_fd(), &point, m.read_only)
-                .map_err(|e| BundleError::Volume {
-                    path: files.volume_source(&m.source),
-                    why: format!("cannot bind it on {}: {e}", point.display()),
-                })?;
+            let bound = match userns {
+                None => mounter.bind_directory(source.as_fd(), &point, m.read_only),
+                Some(userns) => mounter.bind_idmapped(
+                    source.as_fd(),
+                    &point,
+                    userns,
+                    MountAttributes {
+                        read_only: m.read_only,
+                        nosuid_nodev: true,
+                    },
+                ),
+            };
+            bound.map_err(|e| BundleError::Volume {
+                path: files.volume_source(&m.source),
+                why: format!("cannot bind it on {}: {e}", point.display()),
+            })?;
         }
         Ok(())
     }
@@ -477,14 +661,19 @@ impl Bundle {
     /// Unmounts every staging mount point in `volumes/` and removes the
     /// (then empty) directories; refuses when one stays mounted.
     pub fn unmount_volumes(&self, mounter: &dyn Mounter) -> Result<(), BundleError> {
-        let staging = self.volume_staging();
-        let entries = match std::fs::read_dir(&staging) {
+        self.unmount_points_in(mounter, &self.volume_staging())
+    }
+
+    /// Unmounts every mount point in `staging` and removes the (then
+    /// empty) directories; refuses when one stays mounted.
+    fn unmount_points_in(&self, mounter: &dyn Mounter, staging: &Path) -> Result<(), BundleError> {
+        let entries = match std::fs::read_dir(staging) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_error("list", &staging)(e)),
+            Err(e) => return Err(io_error("list", staging)(e)),
         };
         for entry in entries {
-            let point = entry.map_err(io_error("list", &staging))?.path();
+            let point = entry.map_err(io_error("list", staging))?.path();
             let mounted = |p: &Path| mounter.is_mount_point(p).map_err(io_error("inspect", p));
             if mounted(&point)? {
                 mounter
@@ -507,6 +696,8 @@ impl Bundle {
     /// Unmounts the volumes' staging mounts and `rootfs` if it is mounted.
     pub fn unmount_rootfs(&self, mounter: &dyn Mounter) -> Result<(), BundleError> {
         self.unmount_volumes(mounter)?;
+        // Left only by an agent that died while mounting.
+        self.unmount_idmap_staging(mounter)?;
         let rootfs = self.rootfs();
         match mounter.is_mount_point(&rootfs) {
             Ok(true) => mounter
@@ -545,7 +736,24 @@ impl Bundle {
         image: Image<'_>,
         resolv_conf: &str,
     ) -> Result<Spec, BundleError> {
-        self.mount_rootfs(mounter, image.layers)?;
+        let mapping = if container.userns {
+            let range = userns::assign(&self.run_root, &self.name)?;
+            let ns = mounter
+                .user_namespace(range)
+                .map_err(|source| UsernsError::Kernel {
+                    what: "make the container's user namespace",
+                    source,
+                })?;
+            Some((range, ns))
+        } else {
+            None
+        };
+        match &mapping {
+            None => self.mount_rootfs(mounter, image.layers)?,
+            Some((range, ns)) => {
+                self.mount_rootfs_mapped(mounter, image.layers, *range, ns.as_fd())?
+            }
+        }
         let user_field = image
             .config
             .config()
@@ -557,17 +765,30 @@ impl Bundle {
                 source,
             },
         )?;
-        self.stage_volumes(mounter, container)?;
+        self.stage_volumes_mapped(
+            mounter,
+            container,
+            mapping.as_ref().map(|(_, ns)| ns.as_fd()),
+        )?;
         self.write_host_files(resolv_conf)?;
-        let spec = spec::generate(
+        let spec = spec::generate_with_ids(
             &self.name,
             container,
             image.config,
             &user,
             &self.host_files(),
+            mapping.as_ref().map(|(range, _)| *range),
         )?;
         if let Some(process) = spec.process() {
-            ensure_dir_in_rootfs(&self.rootfs(), &process.cwd().to_string_lossy())?;
+            let cwd = process.cwd().to_string_lossy();
+            match &mapping {
+                None => ensure_dir_in_rootfs(&self.rootfs(), &cwd)?,
+                // The node's root cannot create in the idmapped writable
+                // layer: the container's root can.
+                Some((range, _)) => {
+                    userns::as_range_root(*range, || ensure_dir_in_rootfs(&self.rootfs(), &cwd))??
+                }
+            }
         }
         self.write_config(&spec)?;
         Ok(spec)
@@ -592,6 +813,12 @@ impl Bundle {
                 .map(|e| e.path())
                 .unwrap_or_else(|_| self.volume_staging());
             return Err(BundleError::StillMounted { path });
+        }
+        // unmount_rootfs removed it unless something stayed mounted there.
+        if self.idmap_staging().exists() {
+            return Err(BundleError::StillMounted {
+                path: self.idmap_staging(),
+            });
         }
         std::fs::remove_dir_all(&self.dir).map_err(io_error("remove", &self.dir))
     }
@@ -654,6 +881,47 @@ mod tests {
                 st.st_ino,
                 target.display(),
                 if read_only { " ro" } else { "" }
+            ));
+            self.mounted.borrow_mut().insert(target.to_path_buf());
+            Ok(())
+        }
+        fn user_namespace(&self, range: IdRange) -> io::Result<OwnedFd> {
+            self.calls
+                .borrow_mut()
+                .push(format!("userns {}", range.map_line().trim()));
+            Ok(rustix::fs::open(
+                "/dev/null",
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?)
+        }
+        fn bind_idmapped(
+            &self,
+            source: BorrowedFd<'_>,
+            target: &Path,
+            _userns: BorrowedFd<'_>,
+            attributes: MountAttributes,
+        ) -> io::Result<()> {
+            let st = rustix::fs::fstat(source)?;
+            self.calls.borrow_mut().push(format!(
+                "idmap inode {} on {}{}{}",
+                st.st_ino,
+                target.display(),
+                if attributes.read_only { " ro" } else { "" },
+                if attributes.nosuid_nodev {
+                    " nosuid,nodev"
+                } else {
+                    ""
+                }
+            ));
+            self.mounted.borrow_mut().insert(target.to_path_buf());
+            Ok(())
+        }
+        fn mount_overlay_as(&self, target: &Path, options: &str, range: IdRange) -> io::Result<()> {
+            self.calls.borrow_mut().push(format!(
+                "mount as {} {} {options}",
+                range.first(),
+                target.display()
             ));
             self.mounted.borrow_mut().insert(target.to_path_buf());
             Ok(())
@@ -1132,6 +1400,163 @@ mod tests {
         b.remove(&m).expect("remove");
         assert!(!b.dir().exists());
         assert!(low.join("a").exists(), "layers untouched");
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    fn app_config() -> ImageConfiguration {
+        serde_json::from_value(json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": [] },
+            "config": { "Cmd": ["/app"], "WorkingDir": "/work/dir" },
+        }))
+        .expect("image config")
+    }
+
+    #[test]
+    fn a_userns_container_stacks_idmapped_layers_and_gives_its_range_back_on_removal() {
+        let root = temp("mapped");
+        let layers = [root.join("layers/base"), root.join("layers/top")];
+        for l in &layers {
+            std::fs::create_dir_all(l).expect("layer");
+        }
+        let run = root.join("run");
+        // Another container already holds the first range.
+        let other = Bundle::with_volumes_dir(&run, &name("db"), &root.join("volumes"));
+        std::fs::create_dir_all(other.dir()).expect("db");
+        std::fs::write(other.dir().join("userns"), "0 100000 65536\n").expect("record");
+        let b = Bundle::with_volumes_dir(&run, &name("web"), &root.join("volumes"));
+        let container: Container = serde_json::from_value(json!({
+            "image": "app:1", "userns": true,
+            "mounts": [{ "source": "web/data", "target": "/data", "read_only": true }],
+        }))
+        .expect("settings");
+        let m = FakeMounter::default();
+        let config = app_config();
+        let spec = b
+            .prepare(
+                &m,
+                &container,
+                Image {
+                    layers: &layers,
+                    config: &config,
+                },
+                "",
+            )
+            .expect("prepare");
+        let first = 165_536;
+        assert_eq!(
+            std::fs::read_to_string(b.dir().join("userns")).expect("record"),
+            format!("0 {first} 65536\n")
+        );
+        let idmap = b.idmap_staging();
+        let calls = m.calls.borrow().clone();
+        assert_eq!(
+            calls[..5],
+            [
+                format!("userns 0 {first} 65536"),
+                format!(
+                    "idmap inode {} on {} ro",
+                    inode(&layers[0]),
+                    idmap.join("0").display()
+                ),
+                format!(
+                    "idmap inode {} on {} ro",
+                    inode(&layers[1]),
+                    idmap.join("1").display()
+                ),
+                format!(
+                    "idmap inode {} on {}",
+                    inode(b.dir()),
+                    idmap.join("rw").display()
+                ),
+                format!(
+                    "mount as {first} {} lowerdir={}:{},upperdir={},workdir={}",
+                    b.rootfs().display(),
+                    idmap.join("1").display(),
+                    idmap.join("0").display(),
+                    idmap.join("rw/upper").display(),
+                    idmap.join("rw/work").display()
+                ),
+            ]
+        );
+        // The staging mounts are gone once the overlay is up.
+        for point in ["0", "1", "rw"] {
+            assert!(calls.contains(&format!("unmount {}", idmap.join(point).display())));
+        }
+        assert!(!idmap.exists());
+        // The record keeps what the layers were, as without userns.
+        assert_eq!(
+            std::fs::read_to_string(b.overlay_record()).expect("record"),
+            b.overlay_options(&layers).expect("options")
+        );
+        assert!(calls.contains(&format!(
+            "idmap inode {} on {} ro nosuid,nodev",
+            inode(&root.join("volumes/web/data")),
+            b.volume_staging().join("0").display()
+        )));
+        let mappings = spec.linux().as_ref().and_then(|l| l.uid_mappings().clone());
+        assert_eq!(
+            mappings.map(|m| (m[0].host_id(), m[0].container_id(), m[0].size())),
+            Some((first, 0, 65536))
+        );
+        assert!(b.rootfs().join("work/dir").is_dir(), "working dir made");
+        // Removal frees the range: the next container gets it.
+        b.remove(&m).expect("remove");
+        let next = crate::userns::assign(&run, &name("cache")).expect("cache");
+        assert_eq!(next.first(), first);
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    /// The real thing (the tests run as root): an overlay of idmapped
+    /// layers shows the image's root files as the range's root, takes
+    /// writes of the range's root into `upper/` as owned by 0, and leaves
+    /// the layers untouched and nothing staged.
+    #[test]
+    fn a_real_idmapped_overlay_shows_root_as_the_range_and_stores_writes_unshifted() {
+        use std::os::unix::fs::MetadataExt;
+        let root = temp("realmapped");
+        let low = root.join("low");
+        std::fs::create_dir_all(low.join("etc")).expect("low");
+        std::fs::write(low.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").expect("passwd");
+        std::os::unix::fs::chown(low.join("etc/passwd"), Some(0), Some(0)).expect("chown");
+        let b = Bundle::new(&root.join("run"), &name("web"));
+        struct Cleanup(Bundle);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = self.0.remove(&KernelMounter);
+            }
+        }
+        let _cleanup = Cleanup(b.clone());
+        let m = KernelMounter;
+        let range = IdRange::slot(4).expect("slot");
+        let ns = m.user_namespace(range).expect("user namespace");
+        b.mount_rootfs_mapped(&m, std::slice::from_ref(&low), range, ns.as_fd())
+            .expect("mount");
+        assert!(m.is_mount_point(&b.rootfs()).expect("statx"));
+        assert!(!b.idmap_staging().exists(), "nothing left staged");
+        let owner = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| (m.uid(), m.gid()))
+                .expect("stat")
+        };
+        let first = range.first();
+        assert_eq!(owner(&b.rootfs().join("etc/passwd")), (first, first));
+        // What the container's root writes, new or copied up, is 0 on disk.
+        userns::as_range_root(range, || {
+            std::fs::write(b.rootfs().join("new"), "x").expect("create");
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(b.rootfs().join("etc/passwd"))
+                .expect("copy up");
+        })
+        .expect("switched");
+        assert_eq!(owner(&b.upper().join("new")), (0, 0));
+        assert_eq!(owner(&b.upper().join("etc/passwd")), (0, 0));
+        assert_eq!(owner(&b.rootfs().join("new")), (first, first));
+        assert_eq!(owner(&low.join("etc/passwd")), (0, 0), "layer untouched");
+        assert!(!low.join("new").exists());
+        b.remove(&m).expect("remove");
+        assert!(!b.dir().exists());
         std::fs::remove_dir_all(&root).ok();
     }
 }

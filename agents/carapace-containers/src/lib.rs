@@ -24,6 +24,10 @@
 //!   project quota that leaves a reserve of /var to the node's own state.
 //! - [`status`] — the record per container that the agent publishes as
 //!   /run/carapace/containers.json.
+//! - [`userns`] — user namespaces for the containers that ask for one:
+//!   a range of the node's ids per container, recorded in its bundle, and
+//!   the idmapped mounts that show the shared layers, the writable layer
+//!   and the volumes to it without a chown.
 //! - [`reconcile`] — the agent's decisions, pure: settings and what the
 //!   agent knows of each container → the next action (look the image up,
 //!   pull, start, stop, kill, clear), and what each outcome changes, with
@@ -48,6 +52,7 @@ pub mod runtime;
 pub mod seccomp;
 pub mod spec;
 pub mod status;
+pub mod userns;
 
 /// The image store on the node (carapace-oci's `blobs/`, `layers/` and
 /// `images/`), and the bundles beside them in [`RUN_ROOT`].

@@ -16,6 +16,9 @@
 //!   should kill first when the node runs out of memory.
 //! - **Isolation**: namespaces pid, mount, ipc, uts, cgroup, and network
 //!   unless `host_network` (a private network namespace has only `lo`);
+//!   with `userns`, a user namespace too, whose `uidMappings` and
+//!   `gidMappings` map container ids 0–65535 to the container's range of
+//!   the node's ([`crate::userns`]: the caller gives it, [`generate_with_ids`]);
 //!   the container's capabilities ([`Container::capabilities`]: Docker's
 //!   default set without `NET_RAW` and `MKNOD` unless the settings add or
 //!   drop some) in the bounding set, and in the effective and permitted
@@ -53,9 +56,19 @@
 //! - **Root**: `rootfs` in the bundle, writable (the overlay's upper layer
 //!   takes the writes).
 //!
-//! Not applied (yet): AppArmor/SELinux, user namespaces.
+//! - **In a user namespace** (`userns`), the same spec but for /sys: with
+//!   `host_network` the container does not own the network namespace,
+//!   and the kernel mounts sysfs only for the owner of the current network
+//!   namespace, so /sys is the node's, bound (recursively: a user
+//!   namespace cannot bind a mount without what is mounted under it),
+//!   read-only, `nosuid`, `nodev`, `noexec`; what the node owns there
+//!   stays the node's (the container's root is nobody to it). With its own
+//!   network namespace, sysfs is mounted as without `userns`.
+//!
+//! Not applied (yet): AppArmor/SELinux.
 
 use crate::image_user::UserIds;
+use crate::userns::{IdRange, RANGE_SIZE};
 use carapace_model::containers::{
     Container, ContainerName, SeccompProfile, CPU_PERIOD_US, VOLUMES_DIR,
 };
@@ -145,6 +158,8 @@ pub enum SpecError {
     NoCommand { name: String },
     #[error("container {name}: the image's StopSignal {signal:?} is not a signal")]
     StopSignal { name: String, signal: String },
+    #[error("container {name}: runs in a user namespace but was given no range of ids")]
+    NoIdRange { name: String },
     #[error("container {name}: the generated runtime spec does not parse: {source}")]
     Invalid {
         name: String,
@@ -253,8 +268,23 @@ fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Value 
     json!({ "destination": destination, "type": typ, "source": source, "options": options })
 }
 
-/// The mounts, in the order crun makes them.
-fn mounts(container: &Container, files: &HostFiles) -> Vec<Value> {
+/// The mounts, in the order crun makes them; `mapped`: in a user namespace.
+fn mounts(container: &Container, files: &HostFiles, mapped: bool) -> Vec<Value> {
+    let sys = if mapped && container.host_network {
+        mount(
+            "/sys",
+            "bind",
+            "/sys",
+            &["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"],
+        )
+    } else {
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )
+    };
     let mut all = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount(
@@ -288,12 +318,7 @@ fn mounts(container: &Container, files: &HostFiles) -> Vec<Value> {
             "mqueue",
             &["nosuid", "noexec", "nodev"],
         ),
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
-        ),
+        sys,
         mount(
             "/sys/fs/cgroup",
             "cgroup",
@@ -338,10 +363,13 @@ fn mounts(container: &Container, files: &HostFiles) -> Vec<Value> {
     all
 }
 
-fn namespaces(container: &Container) -> Vec<Value> {
+fn namespaces(container: &Container, mapped: bool) -> Vec<Value> {
     let mut kinds = vec!["pid", "mount", "ipc", "uts", "cgroup"];
     if !container.host_network {
         kinds.push("network");
+    }
+    if mapped {
+        kinds.push("user");
     }
     kinds.into_iter().map(|t| json!({ "type": t })).collect()
 }
@@ -363,7 +391,8 @@ fn resources(container: &Container) -> Value {
     r
 }
 
-/// The runtime spec of container `name`, as JSON: see the module documentation.
+/// The runtime spec of container `name`, as JSON: see the module
+/// documentation. A container with `userns` needs [`generate_json_with_ids`].
 pub fn generate_json(
     name: &ContainerName,
     container: &Container,
@@ -371,6 +400,30 @@ pub fn generate_json(
     user: &UserIds,
     files: &HostFiles,
 ) -> Result<Value, SpecError> {
+    generate_json_with_ids(name, container, image, user, files, None)
+}
+
+/// The same, for a container whose settings may say `userns`: `ids` is
+/// its range of the node's ids ([`crate::userns::assign`]), which it must
+/// have then, and which is not used otherwise.
+pub fn generate_json_with_ids(
+    name: &ContainerName,
+    container: &Container,
+    image: &ImageConfiguration,
+    user: &UserIds,
+    files: &HostFiles,
+    ids: Option<IdRange>,
+) -> Result<Value, SpecError> {
+    let ids = match (container.userns, ids) {
+        (true, None) => {
+            return Err(SpecError::NoIdRange {
+                name: name.to_string(),
+            })
+        }
+        (true, ids) => ids,
+        (false, _) => None,
+    };
+    let mapped = ids.is_some();
     let args = process_args(container, image);
     if args.is_empty() {
         return Err(SpecError::NoCommand {
@@ -393,7 +446,7 @@ pub fn generate_json(
         user_json["additionalGids"] = json!(user.additional_gids);
     }
     let mut linux = json!({
-        "namespaces": namespaces(container),
+        "namespaces": namespaces(container, mapped),
         "cgroupsPath": cgroup_path(name),
         "resources": resources(container),
         "maskedPaths": MASKED_PATHS,
@@ -401,6 +454,11 @@ pub fn generate_json(
     });
     if container.seccomp == SeccompProfile::Default {
         linux["seccomp"] = crate::seccomp::profile(&all_caps);
+    }
+    if let Some(ids) = ids {
+        let map = json!([{ "containerID": 0, "hostID": ids.first(), "size": RANGE_SIZE }]);
+        linux["uidMappings"] = map.clone();
+        linux["gidMappings"] = map;
     }
     Ok(json!({
         "ociVersion": OCI_VERSION,
@@ -423,7 +481,7 @@ pub fn generate_json(
             "noNewPrivileges": container.no_new_privileges,
             "oomScoreAdj": OOM_SCORE_ADJ,
         },
-        "mounts": mounts(container, files),
+        "mounts": mounts(container, files, mapped),
         "linux": linux,
     }))
 }
@@ -437,7 +495,19 @@ pub fn generate(
     user: &UserIds,
     files: &HostFiles,
 ) -> Result<Spec, SpecError> {
-    let value = generate_json(name, container, image, user, files)?;
+    generate_with_ids(name, container, image, user, files, None)
+}
+
+/// [`generate_json_with_ids`] read back as a [`Spec`].
+pub fn generate_with_ids(
+    name: &ContainerName,
+    container: &Container,
+    image: &ImageConfiguration,
+    user: &UserIds,
+    files: &HostFiles,
+    ids: Option<IdRange>,
+) -> Result<Spec, SpecError> {
+    let value = generate_json_with_ids(name, container, image, user, files, ids)?;
     serde_json::from_value(value).map_err(|source| SpecError::Invalid {
         name: name.to_string(),
         source,
@@ -840,6 +910,91 @@ mod tests {
                 .expect("options")
                 .contains(&json!("ro")));
         }
+    }
+
+    fn mapped_json(c: &Container, k: u32) -> Value {
+        let ids = IdRange::slot(k).expect("slot");
+        let spec = generate_with_ids(
+            &name("web"),
+            c,
+            &nginx(),
+            &UserIds::root(),
+            &files(),
+            Some(ids),
+        )
+        .expect("spec");
+        serde_json::from_str(&to_config_json(&spec)).expect("config.json parses")
+    }
+
+    fn namespace_types(v: &Value) -> Vec<String> {
+        v["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .map(|n| n["type"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn userns_adds_a_user_namespace_mapping_the_containers_range() {
+        let v = mapped_json(&container(json!({ "userns": true })), 2);
+        assert_eq!(
+            namespace_types(&v),
+            ["pid", "mount", "ipc", "uts", "cgroup", "network", "user"]
+        );
+        let map = json!([{ "containerID": 0, "hostID": 231072, "size": 65536 }]);
+        assert_eq!(v["linux"]["uidMappings"], map);
+        assert_eq!(v["linux"]["gidMappings"], map);
+        // Its own network namespace: sysfs as ever.
+        assert_eq!(v["mounts"][5]["type"], "sysfs");
+        // Everything else is the spec without userns.
+        let plain = spec_json(&container(json!({})), &nginx(), &UserIds::root());
+        let mut same = v.clone();
+        for key in ["uidMappings", "gidMappings"] {
+            same["linux"].as_object_mut().expect("linux").remove(key);
+        }
+        same["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("namespaces")
+            .pop();
+        assert_eq!(same, plain);
+    }
+
+    #[test]
+    fn userns_with_host_network_binds_the_nodes_sys_read_only() {
+        let v = mapped_json(
+            &container(json!({ "userns": true, "host_network": true })),
+            0,
+        );
+        assert_eq!(
+            namespace_types(&v),
+            ["pid", "mount", "ipc", "uts", "cgroup", "user"]
+        );
+        assert_eq!(
+            v["mounts"][5],
+            json!({ "destination": "/sys", "type": "bind", "source": "/sys",
+                    "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"] })
+        );
+        assert_eq!(v["mounts"][6]["destination"], "/sys/fs/cgroup");
+    }
+
+    #[test]
+    fn userns_without_a_range_is_refused_and_a_range_alone_changes_nothing() {
+        let err = generate(
+            &name("web"),
+            &container(json!({ "userns": true })),
+            &nginx(),
+            &UserIds::root(),
+            &files(),
+        )
+        .expect_err("no range");
+        assert!(matches!(err, SpecError::NoIdRange { .. }), "{err}");
+        // A range given to a container without userns is not used.
+        let v = mapped_json(&container(json!({})), 1);
+        assert_eq!(
+            v,
+            spec_json(&container(json!({})), &nginx(), &UserIds::root())
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!              "mounts": [{ "source": "web/html", "target": "/usr/share/nginx/html", "read_only": true }],
 //!              "memory_max": 268435456, "cpu_max": 0.5, "enabled": true,
 //!              "capabilities_add": ["NET_RAW"], "capabilities_drop": ["SETFCAP"],
-//!              "seccomp": "default", "pids_max": 1024, "no_new_privileges": true } },
+//!              "seccomp": "default", "pids_max": 1024, "no_new_privileges": true,
+//!              "userns": false } },
 //!   "registries": {
 //!     "registry.example.org:5000": { "insecure": true, "username": "robot", "password": "…" } } }
 //! ```
@@ -34,7 +35,9 @@
 //!   names as Docker takes them, `NET_RAW` or `CAP_NET_RAW`, or `ALL`; a
 //!   capability in both lists is refused), `seccomp` (`"default"` or
 //!   `"unconfined"`), `pids_max` (a number, or `"max"`; [`DEFAULT_PIDS_MAX`]
-//!   when absent), `no_new_privileges` (true when absent). These fields are
+//!   when absent), `no_new_privileges` (true when absent), `userns` (a
+//!   user namespace of the container's own; false when absent, the one
+//!   part that is opt-in). These fields are
 //!   written only when they differ from the default, so a settings file
 //!   stays what older versions wrote until someone loosens something (an
 //!   older version keeps such a field without knowing it).
@@ -115,6 +118,11 @@ pub struct Container {
     /// execve (setuid binaries, file capabilities).
     #[serde(default = "crate::settings::yes", skip_serializing_if = "is_true")]
     pub no_new_privileges: bool,
+    /// Whether the container runs in a user namespace of its own: its
+    /// uids and gids 0–65535 are a range of the node's that no other
+    /// container has, so its root is nobody on the node.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub userns: bool,
 }
 
 impl Container {
@@ -354,6 +362,10 @@ impl<'de> Deserialize<'de> for PidsMax {
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A container's name: 1 to 63 characters of a-z, 0-9 and `-`, starting with a letter.
@@ -1625,6 +1637,21 @@ mod tests {
         let c = limited.containers.get("web").expect("web");
         assert_eq!(c.pids_limit(), Some(64));
         assert_eq!(limited.to_value()["containers"]["web"]["pids_max"], 64);
+    }
+
+    #[test]
+    fn userns_is_opt_in_validated_by_type_and_written_only_when_on() {
+        let s = Settings::from_value(web(json!({}))).expect("valid");
+        assert!(!s.containers.get("web").expect("web").userns);
+        assert!(s.to_value()["containers"]["web"].get("userns").is_none());
+        let s = Settings::from_value(web(json!({ "userns": false }))).expect("valid");
+        assert!(s.to_value()["containers"]["web"].get("userns").is_none());
+        let s = Settings::from_value(web(json!({ "userns": true }))).expect("valid");
+        assert!(s.containers.get("web").expect("web").userns);
+        assert_eq!(s.to_value()["containers"]["web"]["userns"], true);
+        let e = refused(web(json!({ "userns": "yes" })));
+        assert_eq!(e.path, "containers.web.userns", "{e}");
+        assert!(e.message.contains("invalid type"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,12 @@
 //! - `fill <dir>`: writes 1 MiB chunks to files `fill-<k>` (64 MiB each) in
 //!   `<dir>` until a write fails, prints `filled <n> MiB: <error>` and
 //!   sleeps;
+//! - `userns`: reports the user namespace it runs in, one line each:
+//!   `userns uid_map: <its /proc/self/uid_map, first line, spaces
+//!   collapsed>`, `userns uid: <its uid>`, then creates `/userns-written`
+//!   (in its writable layer) and prints `userns owner: <the file's uid as
+//!   it sees it>` (or `userns owner: error <why>`); then `userns done`, and
+//!   sleeps;
 //! - `sleep`: sleeps.
 
 use std::io::Write;
@@ -248,6 +254,33 @@ fn fill(dir: &str) -> ! {
     sleep_forever()
 }
 
+fn userns() -> ! {
+    use std::os::unix::fs::MetadataExt;
+    let map = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| {
+            m.lines()
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|e| format!("error {e}"));
+    say(&format!("userns uid_map: {map}"));
+    say(&format!(
+        "userns uid: {}",
+        rustix::process::getuid().as_raw()
+    ));
+    let path = "/userns-written";
+    let owner = std::fs::write(path, "written inside\n")
+        .and_then(|()| std::fs::metadata(path))
+        .map(|m| m.uid().to_string())
+        .unwrap_or_else(|e| format!("error {e}"));
+    say(&format!("userns owner: {owner}"));
+    say("userns done");
+    sleep_forever()
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -262,6 +295,7 @@ fn main() -> std::process::ExitCode {
         Some("forkbomb") => forkbomb(),
         Some("fill") => fill(args.get(1).map(String::as_str).unwrap_or("/data")),
         Some("sleep") => sleep_forever(),
+        Some("userns") => userns(),
         Some("exit") => {
             let code: u8 = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1);
             say(&format!("exiting with {code}"));
