@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+pub mod containers;
 pub mod flood;
 pub mod hostile_layers;
 

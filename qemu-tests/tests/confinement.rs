@@ -8,7 +8,8 @@
 //!   and MKNOD);
 //! - `loose` runs the same probe with `capabilities_add: ["NET_RAW"]`: its
 //!   raw socket is allowed, everything else still refused;
-//! - `userns-probe`, with `userns: true`, runs the test container's
+//! - `userns-probe`, with no `userns` setting (a user namespace is the
+//!   default off the host network), runs the test container's
 //!   `userns`: its uid_map is a range of the node's ids (not the
 //!   identity `0 0 4294967295`), it is uid 0 inside, and a file it
 //!   creates in its writable layer (the idmapped overlay) is owned by 0 as
@@ -19,79 +20,13 @@
 //!   containers' slice may have: the kernel kills it for memory (status
 //!   says so) and the API keeps answering.
 
-use anyhow::{ensure, Context, Result};
-use qemu_tests::{test_oci_layout, Ctl, Node, Registry, TestDisk};
+use anyhow::{Context, Result};
+use qemu_tests::containers::{container, status, wait_container, wait_log};
+use qemu_tests::{test_oci_layout, Registry, TestDisk};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "confinement-token-0123456789";
-
-/// How long a container may take to get where a test waits for it (TCG is slow).
-const WAIT: Duration = Duration::from_secs(300);
-
-fn status(node: &mut Node, ctl: &Ctl) -> Result<Value> {
-    let out = node.ctl_ok(ctl, &["--output", "json", "status"])?;
-    serde_json::from_str(&out).with_context(|| format!("status printed {out:?}"))
-}
-
-fn container<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["containers"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == name)
-}
-
-/// Polls status (each poll is the API answering over TLS) until `done`
-/// holds for the named container.
-fn wait_container(
-    node: &mut Node,
-    ctl: &Ctl,
-    name: &str,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Result<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let asked = Instant::now();
-        let s = status(node, ctl).with_context(|| format!("while waiting for {name}: {what}"))?;
-        ensure!(
-            asked.elapsed() < Duration::from_secs(30),
-            "status took {:?} while waiting for {name}: {what}",
-            asked.elapsed()
-        );
-        if let Some(c) = container(&s, name) {
-            if done(c) {
-                return Ok(c.clone());
-            }
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "container {name}: {what}: not within {} s; status {}",
-            WAIT.as_secs(),
-            s["containers"]
-        );
-        node.drain();
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
-/// Polls the container's log until a line contains `marker`; returns the log.
-fn wait_log(node: &mut Node, ctl: &Ctl, name: &str, marker: &str) -> Result<String> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let logs = node.container_log(ctl, name)?;
-        if logs.contains(marker) {
-            return Ok(logs);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "container {name}: no {marker:?} in its log within {} s: {logs}",
-            WAIT.as_secs()
-        );
-        node.drain();
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
 
 /// The outcome of `probe <what>` in a probe log: `allowed` or `refused (…)`.
 fn probed<'a>(logs: &'a str, what: &str) -> Option<&'a str> {
@@ -162,7 +97,7 @@ fn containers_are_confined_by_default_and_loosened_only_on_request() -> Result<(
 
     // Its own user namespace: root inside, a range of ids on the node.
     let mapped = serde_json::json!({
-        "image": image, "args": ["userns"], "restart": "never", "userns": true
+        "image": image, "args": ["userns"], "restart": "never"
     });
     node.ctl_ok(
         &ctl,
@@ -185,7 +120,7 @@ fn containers_are_confined_by_default_and_loosened_only_on_request() -> Result<(
     let fields: Vec<&str> = map.split_whitespace().collect();
     assert!(
         map != "0 0 4294967295" && fields.len() == 3 && fields[0] == "0" && fields[2] == "65536",
-        "a userns container maps its 65536 ids to a range of the node's, not the identity: {map:?}: {userns_logs}"
+        "a container maps its 65536 ids to a range of the node's, not the identity: {map:?}: {userns_logs}"
     );
     assert!(
         fields[1].parse::<u32>().is_ok_and(|first| first >= 100_000),

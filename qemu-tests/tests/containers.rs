@@ -7,75 +7,13 @@
 //! and is stopped and removed with its writable layer; a memory limit is
 //! enforced and reported.
 
-use anyhow::{ensure, Context, Result};
-use qemu_tests::{test_oci_layout, Ctl, Node, Registry, TestDisk};
-use serde_json::Value;
-use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use anyhow::{ensure, Result};
+use qemu_tests::containers::{ask, container, status, wait_container};
+use qemu_tests::{test_oci_layout, Registry, TestDisk};
+use std::io::Read;
+use std::time::Duration;
 
 const TOKEN: &str = "containers-token-0123456789";
-
-fn status(node: &mut Node, ctl: &Ctl) -> Result<Value> {
-    let out = node.ctl_ok(ctl, &["--output", "json", "status"])?;
-    serde_json::from_str(&out).with_context(|| format!("status printed {out:?}"))
-}
-
-fn container<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["containers"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == name)
-}
-
-/// Asks the container's port on the host network (forwarded to the host);
-/// `line` is what the client sends first.
-fn ask(node: &mut Node, line: &str) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        node.drain();
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", node.app_port))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(format!("{line}\n").as_bytes())?;
-            let mut answer = String::new();
-            s.read_to_string(&mut answer)?;
-            Ok(answer)
-        })();
-        match attempt {
-            Ok(answer) if !answer.is_empty() => return Ok(answer),
-            _ if Instant::now() > deadline => {
-                anyhow::bail!("nothing answered on the node's port 8080: {attempt:?}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(500)),
-        }
-    }
-}
-
-/// Polls status until `done` holds for the named container.
-fn wait_container(
-    node: &mut Node,
-    ctl: &Ctl,
-    name: &str,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let s = status(node, ctl)?;
-        if let Some(c) = container(&s, name) {
-            if done(c) {
-                return Ok(c.clone());
-            }
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "container {name}: {what}: not within 240 s; status {}",
-            s["containers"]
-        );
-        node.drain();
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
 
 fn blob_pulls(registry: &Registry) -> usize {
     registry

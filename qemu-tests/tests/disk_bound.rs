@@ -6,18 +6,13 @@
 //! and so does the one that removes the container, which frees the space.
 
 use anyhow::{ensure, Context, Result};
+use qemu_tests::containers::status;
 use qemu_tests::{part_type, test_oci_layout, Ctl, Node, Registry, TestDisk};
-use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "disk-bound-token-0123456789";
 const MIB: u64 = 1 << 20;
-
-fn status(node: &mut Node, ctl: &Ctl) -> Result<Value> {
-    let out = node.ctl_ok(ctl, &["--output", "json", "status"])?;
-    serde_json::from_str(&out).with_context(|| format!("status printed {out:?}"))
-}
 
 /// /var's size and free bytes, as status reports them (statvfs of /var).
 fn var_usage(node: &mut Node, ctl: &Ctl) -> Result<(u64, u64)> {

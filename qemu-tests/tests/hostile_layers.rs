@@ -8,49 +8,15 @@
 //! the attacks aimed, and no temporary unpack directory is left.
 
 use anyhow::{ensure, Context, Result};
+use qemu_tests::containers::{ask, container, status};
 use qemu_tests::hostile_layers::{self, HostileLayout};
-use qemu_tests::{test_oci_layout, workspace_root, Ctl, Node, Registry, TestDisk};
+use qemu_tests::{test_oci_layout, workspace_root, Registry, TestDisk};
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "hostile-layers-token-0123456789";
-
-fn status(node: &mut Node, ctl: &Ctl) -> Result<Value> {
-    let out = node.ctl_ok(ctl, &["--output", "json", "status"])?;
-    serde_json::from_str(&out).with_context(|| format!("status printed {out:?}"))
-}
-
-fn container<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["containers"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == name)
-}
-
-/// Asks the container's port on the host network (forwarded to the host).
-fn ask(node: &mut Node, line: &str) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        node.drain();
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", node.app_port))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(format!("{line}\n").as_bytes())?;
-            let mut answer = String::new();
-            s.read_to_string(&mut answer)?;
-            Ok(answer)
-        })();
-        match attempt {
-            Ok(answer) if !answer.is_empty() => return Ok(answer),
-            _ if Instant::now() > deadline => {
-                anyhow::bail!("nothing answered on the node's port 8080: {attempt:?}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(500)),
-        }
-    }
-}
 
 /// The layer digests (hex) of the test image's layout and each layer's
 /// uncompressed tar.

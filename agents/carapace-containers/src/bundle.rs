@@ -736,7 +736,7 @@ impl Bundle {
         image: Image<'_>,
         resolv_conf: &str,
     ) -> Result<Spec, BundleError> {
-        let mapping = if container.userns {
+        let mapping = if container.user_namespace() {
             let range = userns::assign(&self.run_root, &self.name)?;
             let ns = mounter
                 .user_namespace(range)
@@ -1341,7 +1341,8 @@ mod tests {
         }))
         .expect("image config");
         let container: Container =
-            serde_json::from_value(json!({ "image": "postgres:17" })).expect("settings");
+            serde_json::from_value(json!({ "image": "postgres:17", "userns": false }))
+                .expect("settings");
         let layers = [PathBuf::from("/l/a")];
         let err = b
             .prepare(

@@ -414,7 +414,7 @@ pub fn generate_json_with_ids(
     files: &HostFiles,
     ids: Option<IdRange>,
 ) -> Result<Value, SpecError> {
-    let ids = match (container.userns, ids) {
+    let ids = match (container.user_namespace(), ids) {
         (true, None) => {
             return Err(SpecError::NoIdRange {
                 name: name.to_string(),
@@ -541,8 +541,10 @@ mod tests {
         ContainerName::try_from(s.to_string()).expect("name")
     }
 
+    /// A container's settings; without a user namespace unless `json`
+    /// asks for one (most tests are about the rest of the spec).
     fn container(json: Value) -> Container {
-        let mut base = json!({ "image": "nginx:1.27" });
+        let mut base = json!({ "image": "nginx:1.27", "userns": false });
         if let (Some(b), Some(extra)) = (base.as_object_mut(), json.as_object()) {
             for (k, v) in extra {
                 b.insert(k.clone(), v.clone());
@@ -958,6 +960,23 @@ mod tests {
             .expect("namespaces")
             .pop();
         assert_eq!(same, plain);
+    }
+
+    #[test]
+    fn a_user_namespace_is_the_default_except_on_the_host_network() {
+        let settings = |extra: Value| -> Container {
+            let mut c = json!({ "image": "nginx:1.27" });
+            if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+                c.extend(extra.clone());
+            }
+            serde_json::from_value(c).expect("container settings")
+        };
+        let own = mapped_json(&settings(json!({})), 1);
+        assert!(namespace_types(&own).contains(&"user".to_string()));
+        assert_eq!(own["linux"]["uidMappings"][0]["hostID"], 165536);
+        let host = mapped_json(&settings(json!({ "host_network": true })), 1);
+        assert!(!namespace_types(&host).contains(&"user".to_string()));
+        assert!(host["linux"].get("uidMappings").is_none());
     }
 
     #[test]

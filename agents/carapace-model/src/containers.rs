@@ -36,8 +36,8 @@
 //!   capability in both lists is refused), `seccomp` (`"default"` or
 //!   `"unconfined"`), `pids_max` (a number, or `"max"`; [`DEFAULT_PIDS_MAX`]
 //!   when absent), `no_new_privileges` (true when absent), `userns` (a
-//!   user namespace of the container's own; false when absent, the one
-//!   part that is opt-in). These fields are
+//!   user namespace of the container's own; when absent, on unless the
+//!   container is on the host network). These fields are
 //!   written only when they differ from the default, so a settings file
 //!   stays what older versions wrote until someone loosens something (an
 //!   older version keeps such a field without knowing it).
@@ -120,12 +120,22 @@ pub struct Container {
     pub no_new_privileges: bool,
     /// Whether the container runs in a user namespace of its own: its
     /// uids and gids 0–65535 are a range of the node's that no other
-    /// container has, so its root is nobody on the node.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub userns: bool,
+    /// container has, so its root is nobody on the node. None: on, unless
+    /// the container is on the host network (see [`Container::user_namespace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<bool>,
 }
 
 impl Container {
+    /// Whether the container gets a user namespace: as its settings say,
+    /// else yes when it has a network namespace of its own. A container on
+    /// the host network is left out by default: its root would lose
+    /// CAP_NET_BIND_SERVICE in the node's network namespace (no port below
+    /// 1024) and the node's /sys would be bound read-only.
+    pub fn user_namespace(&self) -> bool {
+        self.userns.unwrap_or(!self.host_network)
+    }
+
     /// The contents of the container's cgroup v2 `memory.max`: the byte
     /// count, or `max` without a limit (as the kernel reads it back).
     pub fn memory_max_file(&self) -> String {
@@ -362,10 +372,6 @@ impl<'de> Deserialize<'de> for PidsMax {
 
 fn is_true(b: &bool) -> bool {
     *b
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// A container's name: 1 to 63 characters of a-z, 0-9 and `-`, starting with a letter.
@@ -1640,14 +1646,19 @@ mod tests {
     }
 
     #[test]
-    fn userns_is_opt_in_validated_by_type_and_written_only_when_on() {
+    fn userns_is_on_unless_on_the_host_network_validated_and_written_only_when_given() {
+        let get = |s: &Settings| s.containers.get("web").expect("web").user_namespace();
         let s = Settings::from_value(web(json!({}))).expect("valid");
-        assert!(!s.containers.get("web").expect("web").userns);
+        assert!(get(&s), "on by default");
         assert!(s.to_value()["containers"]["web"].get("userns").is_none());
+        let s = Settings::from_value(web(json!({ "host_network": true }))).expect("valid");
+        assert!(!get(&s), "off by default on the host network");
         let s = Settings::from_value(web(json!({ "userns": false }))).expect("valid");
-        assert!(s.to_value()["containers"]["web"].get("userns").is_none());
-        let s = Settings::from_value(web(json!({ "userns": true }))).expect("valid");
-        assert!(s.containers.get("web").expect("web").userns);
+        assert!(!get(&s));
+        assert_eq!(s.to_value()["containers"]["web"]["userns"], false);
+        let s = Settings::from_value(web(json!({ "userns": true, "host_network": true })))
+            .expect("valid");
+        assert!(get(&s), "asked for on the host network too");
         assert_eq!(s.to_value()["containers"]["web"]["userns"], true);
         let e = refused(web(json!({ "userns": "yes" })));
         assert_eq!(e.path, "containers.web.userns", "{e}");
