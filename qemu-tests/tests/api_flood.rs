@@ -24,8 +24,8 @@ const TOKEN: &str = "flood-token-0123456789";
 const IDLE_TCP: usize = 2_000;
 const HALF_TLS: usize = 200;
 /// The flood from the host, from the operator's own peer address: more than
-/// the per-peer budget (32), few enough for QEMU to forward in seconds.
-const HOST_IDLE_TCP: usize = 48;
+/// the per-peer budget (128), few enough for QEMU to forward within a minute.
+const HOST_IDLE_TCP: usize = 144;
 const HOST_HALF_TLS: usize = 16;
 
 /// The fw_cfg entry that makes the node's flood probe start.

@@ -23,8 +23,11 @@ use tokio::sync::Notify;
 /// flood can take.
 pub const REMOTE_TOTAL: usize = 512;
 /// Remote connections one peer (an IPv4 address, an IPv6 /64) holds at
-/// once: a client with a connection pool (`bench api` uses 32) fits.
-pub const PER_PEER: usize = 32;
+/// once: a fleet manager's connection pool, or several clients behind one
+/// NAT, fit with room (`bench api` holds 33: 32 clients and the one it
+/// measured alone, idle in keep-alive); a flood from one address holds no
+/// more than a quarter of [`REMOTE_TOTAL`].
+pub const PER_PEER: usize = 128;
 /// Loopback connections (the health check, agents on the node): their own
 /// budget outside [`REMOTE_TOTAL`], so remote load never reaches them.
 pub const LOOPBACK_TOTAL: usize = 64;
