@@ -16,7 +16,10 @@
 //!    project too, and ext4 refuses to rename or link anything from outside
 //!    into it), each regular file the project, walked through descriptors
 //!    without following symlinks and without opening anything but
-//!    directories and regular files;
+//!    directories and regular files; a walk that put everything in leaves
+//!    [`WALKED`] in the directory, so later starts skip it (what is made
+//!    there afterwards inherits the project) while an interrupted or
+//!    partly failed walk is done again at the next start;
 //! 3. sets the project's hard limits ([`project_limits`], pure: the
 //!    filesystem less a reserve for settings.json, the API's certificate,
 //!    the update daemon's staged manifest and the rest of the node's state)
@@ -513,8 +516,14 @@ fn bound_entry(
     }
 }
 
-/// Puts `root` (created if missing) and everything below it in `project`.
-/// A failure on the root itself is returned; those below are counted.
+/// The file a complete walk leaves in a bounded root: from then on
+/// everything made below inherits the project, so no start walks it again.
+pub const WALKED: &str = ".project-walked";
+
+/// Puts `root` (created if missing) and everything below it in `project`,
+/// unless a walk already did ([`WALKED`], and the root still in the
+/// project). A failure on the root itself is returned; those below are
+/// counted, and leave no [`WALKED`], so the next start tries again.
 pub fn bound_tree(
     attrs: &dyn ProjectAttrs,
     root: &Path,
@@ -526,7 +535,29 @@ pub fn bound_tree(
         source,
     })?;
     let fd = open_dir(CWD, root, root)?;
-    bound_dir(attrs, &fd, root, project, 0, report)
+    let walked = root.join(WALKED);
+    let in_project = ProjectAttr {
+        project,
+        inherit: true,
+    };
+    let root_attr = attrs
+        .get(fd.as_fd())
+        .map_err(|source| QuotaError::GetProject {
+            path: root.to_path_buf(),
+            source,
+        })?;
+    if root_attr == in_project && walked.exists() {
+        return Ok(());
+    }
+    let failed_before = report.failed;
+    bound_dir(attrs, &fd, root, project, 0, report)?;
+    if report.failed == failed_before {
+        std::fs::write(&walked, b"").map_err(|source| QuotaError::Create {
+            path: walked.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Sets the bound of `project` on `dirs`, which must all be on the
@@ -895,10 +926,30 @@ mod tests {
         // 9 directories and 2 files (the hard link is the same file).
         assert_eq!(report.moved, 11);
 
-        // A second start changes nothing.
+        // A second start changes nothing, and walks nothing: a file put
+        // out of the project behind its back stays out (in the kernel,
+        // what is made below inherits the project).
+        assert!(root.join(WALKED).exists(), "a complete walk says so");
+        let file = root.join("run/web/upper/data");
+        let fd = rustix::fs::open(&file, OFlags::RDONLY, Mode::empty()).expect("open");
+        fake.set(
+            fd.as_fd(),
+            ProjectAttr {
+                project: 0,
+                inherit: false,
+            },
+        )
+        .expect("set");
         let mut again = WalkReport::default();
         bound_tree(&fake, &root, PROJECT_ID, &mut again).expect("walk");
         assert_eq!(again.moved, 0);
+        assert_eq!(fake.of(&file).project, 0, "not walked again");
+        // Without the mark (a walk cut short) the next start walks again.
+        std::fs::remove_file(root.join(WALKED)).expect("unmark");
+        let mut redo = WalkReport::default();
+        bound_tree(&fake, &root, PROJECT_ID, &mut redo).expect("walk");
+        assert_eq!(redo.moved, 1);
+        assert_eq!(fake.of(&file), FILE_IN);
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -970,6 +1021,10 @@ mod tests {
         assert!(
             first.contains("a/immutable") && first.contains("project 4242"),
             "{first}"
+        );
+        assert!(
+            !root.join(WALKED).exists(),
+            "a walk with a failure is done again at the next start"
         );
         let _ = std::fs::remove_dir_all(&d);
     }
