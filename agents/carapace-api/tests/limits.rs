@@ -6,37 +6,18 @@
 //! serve keep theirs; a refused caller's connection is closed.
 
 use carapace_api::admission::{Caps, Limits};
-use carapace_api::node::{ApiInfo, Facts, Status, UserDataReport};
 use carapace_api::tls::Identity;
-use carapace_api::{local, remote, router, Access, AppState, Applier, NodeOps, PowerAction};
+use carapace_api::{local, remote, router, Access, AppState};
 use carapace_ctl::{Client, Endpoint, Fingerprint};
 use carapace_model::settings::TokenHash;
-use carapace_model::{Area, Settings, Store};
+use carapace_model::{Settings, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct NoApply;
-impl Applier for NoApply {
-    fn apply(&mut self, _: &Settings, _: &Settings, _: &[Area]) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-struct Node;
-impl NodeOps for Node {
-    fn status(&self) -> Status {
-        carapace_api::node::status_from(
-            &Facts::default(),
-            &ApiInfo::default(),
-            &UserDataReport::default(),
-        )
-    }
-    fn power(&self, _: PowerAction) -> Result<(), String> {
-        Ok(())
-    }
-}
+mod common;
+use common::{NoApply, Node};
 
 const TOKEN: &str = "limits-token-0123456789";
 

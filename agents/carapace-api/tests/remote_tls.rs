@@ -3,32 +3,13 @@
 //! certificate's fingerprint. The token is required; a wrong pin never
 //! reaches the API.
 
-use carapace_api::node::{ApiInfo, Facts, Status, UserDataReport};
 use carapace_api::tls::Identity;
-use carapace_api::{remote, router, Access, AppState, Applier, NodeOps, PowerAction};
+use carapace_api::{remote, router, Access, AppState};
 use carapace_ctl::{Client, Endpoint, Error, Fingerprint, Method};
-use carapace_model::{Area, Settings, Store};
+use carapace_model::Store;
 
-struct NoApply;
-impl Applier for NoApply {
-    fn apply(&mut self, _: &Settings, _: &Settings, _: &[Area]) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-struct Node;
-impl NodeOps for Node {
-    fn status(&self) -> Status {
-        carapace_api::node::status_from(
-            &Facts::default(),
-            &ApiInfo::default(),
-            &UserDataReport::default(),
-        )
-    }
-    fn power(&self, _: PowerAction) -> Result<(), String> {
-        Ok(())
-    }
-}
+mod common;
+use common::{NoApply, Node};
 
 const TOKEN: &str = "remote-token-0123456789";
 
