@@ -47,3 +47,22 @@ pub const MANIFEST_PATH: &str = "/usr/lib/carapace/services.toml";
 pub const INITRD_MARKER: &str = "/etc/initrd-release";
 /// Where stage 1 assembles the new root before switching into it.
 pub const SYSROOT: &str = "/sysroot";
+
+/// carapace-init's entry: picks stage 1 (in the initrd, which has
+/// [`INITRD_MARKER`]) or stage 2, and makes sure that a panic of PID 1 ends
+/// the machine with a message instead of killing PID 1: a reboot on a trial
+/// boot that a reboot can help (so the boot loader counts the try), a
+/// power-off otherwise (see [`power`]).
+pub fn main() -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        console::say(&format!("internal error: {info}"));
+        if rustix::process::getpid().is_init() {
+            power::give_up();
+        }
+    }));
+    if std::path::Path::new(INITRD_MARKER).exists() {
+        stage1::run()
+    } else {
+        stage2::run()
+    }
+}

@@ -44,9 +44,10 @@ pub fn image_path() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("build/test/out/carapace.raw"))
 }
 
-/// The carapace-init binary that the image carries (built by xtask for the node).
-pub fn node_init_binary() -> PathBuf {
-    workspace_root().join("target/x86_64-unknown-linux-gnu/release/carapace-init")
+/// The node's one binary that the image's root carries (PID 1 and every
+/// agent; built by xtask for the node).
+pub fn node_binary() -> PathBuf {
+    workspace_root().join("target/x86_64-unknown-linux-gnu/release/carapace")
 }
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";

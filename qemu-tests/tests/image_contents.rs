@@ -73,7 +73,35 @@ fn the_root_holds_only_what_the_node_runs() -> anyhow::Result<()> {
         std::path::PathBuf::from("../run/carapace/resolv.conf"),
         "the resolver configuration is the network agent's, under /run"
     );
-    assert!(files.iter().any(|f| f == "usr/lib/carapace/carapace-init"));
+    // One binary for PID 1 and every agent, run by the names linked to it.
+    let lib = tree.join("usr/lib/carapace");
+    assert!(
+        std::fs::symlink_metadata(lib.join("carapace"))?.is_file(),
+        "usr/lib/carapace/carapace is the node's binary"
+    );
+    for program in [
+        "carapace-init",
+        "carapace-api",
+        "carapace-net",
+        "carapace-bus",
+        "carapace-update",
+        "carapace-containers",
+    ] {
+        assert_eq!(
+            std::fs::read_link(lib.join(program)).ok(),
+            Some(std::path::PathBuf::from("carapace")),
+            "usr/lib/carapace/{program} is a link to the node's binary"
+        );
+    }
+    let binaries = files
+        .iter()
+        .filter(|f| f.starts_with("usr/lib/carapace/") && !f.starts_with("usr/lib/carapace/test/"))
+        .filter(|f| {
+            std::fs::symlink_metadata(tree.join(f)).is_ok_and(|m| m.is_file())
+                && std::fs::read(tree.join(f)).is_ok_and(|b| b.starts_with(b"\x7fELF"))
+        })
+        .count();
+    assert_eq!(binaries, 1, "one ELF binary of ours on the root: {files:?}");
     assert!(files.iter().any(|f| f == "usr/lib/carapace/services.toml"));
     for mount_point in ["proc", "sys", "dev", "run", "tmp", "var"] {
         assert!(

@@ -2,9 +2,7 @@
 //! unmountable state partition.
 //! Each stops with one clear line, powers off, and runs nothing from the root.
 
-use qemu_tests::{
-    find_file_block_in_root, find_uki_roothash, node_init_binary, part_type, TestDisk,
-};
+use qemu_tests::{find_file_block_in_root, find_uki_roothash, node_binary, part_type, TestDisk};
 
 fn assert_stopped_before_stage2(transcript: &str) {
     assert!(
@@ -24,8 +22,9 @@ fn assert_stopped_before_stage2(transcript: &str) {
 #[test]
 fn tampered_root_refuses_to_boot() -> anyhow::Result<()> {
     let disk = TestDisk::fresh("tampered")?;
-    // Flip one byte in the middle of /usr/lib/carapace/carapace-init in slot A.
-    let at = find_file_block_in_root(&disk, &node_init_binary())? + 1234;
+    // Flip one byte in the middle of the node's binary in slot A
+    // (/usr/lib/carapace/carapace, which carapace-init links to).
+    let at = find_file_block_in_root(&disk, &node_binary())? + 1234;
     let byte = disk.read_at(at, 1)?[0];
     disk.write_at(at, &[byte ^ 0x5a])?;
 

@@ -89,14 +89,19 @@ pub fn version() -> String {
     std::env::var("CARAPACE_VERSION").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string())
 }
 
-/// The binaries of every image, carapace-init first: (package, binary).
-const NODE_BINS: &[(&str, &str)] = &[
-    ("carapace-init", "carapace-init"),
-    ("carapace-api", "carapace-api"),
-    ("carapace-net", "carapace-net"),
-    ("carapace-bus", "carapace-bus"),
-    ("carapace-update", "carapace-update"),
-    ("carapace-containers", "carapace-containers"),
+/// The binaries of every image: (package, binary). `carapace` is the root's
+/// one binary (PID 1 and every agent); carapace-init alone is the initrd's
+/// `/init`, which needs none of the agents.
+const NODE_BINS: &[(&str, &str)] = &[("carapace", "carapace"), ("carapace-init", "carapace-init")];
+/// The names the root's binary is run as, each a link to it in
+/// /usr/lib/carapace (the services manifest runs these paths).
+pub const PROGRAMS: &[&str] = &[
+    "carapace-init",
+    "carapace-api",
+    "carapace-net",
+    "carapace-bus",
+    "carapace-update",
+    "carapace-containers",
 ];
 /// The guest-side probes only the test image carries.
 const TEST_BINS: &[(&str, &str)] = &[
@@ -109,11 +114,15 @@ const TEST_BINS: &[(&str, &str)] = &[
 
 /// Builds (or reuses) the image of `variant`.
 pub fn build(root: &Path, variant: Variant) -> Result<Image> {
+    build_in(root, variant, &variant.name())
+}
+
+fn build_in(root: &Path, variant: Variant, dir_name: &str) -> Result<Image> {
     host::ensure_backports_packages(host::IMAGE_TOOLS)?;
     let kernel = kernel::build(root)?;
     let version = variant.version();
     let build = root.join("build");
-    let vdir = build.join(variant.name());
+    let vdir = build.join(dir_name);
     let out_dir = vdir.join("out");
     let disk = out_dir.join("carapace.raw");
 
@@ -123,7 +132,7 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     }
     let built = binaries::build(root, &wanted)?;
     let (node_bins, test_bins) = built.split_at(NODE_BINS.len());
-    let init = &node_bins[0];
+    let (node, init) = (&node_bins[0], &node_bins[1]);
 
     // Stage the extra tree.
     let tree = vdir.join("tree");
@@ -133,9 +142,10 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     }
     let lib = tree.join("usr/lib/carapace");
     std::fs::create_dir_all(&lib)?;
-    for bin in node_bins {
-        let name = bin.file_name().context("binary has a name")?;
-        copy_exec(bin, &lib.join(name))?;
+    copy_exec(node, &lib.join("carapace"))?;
+    for name in PROGRAMS {
+        std::os::unix::fs::symlink("carapace", lib.join(name))
+            .with_context(|| format!("cannot link {name} to carapace"))?;
     }
     let fault = match variant {
         Variant::TestUpdate { fault, .. } => fault,
@@ -162,6 +172,7 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     }
     if fault == Some(Fault::Pid1Hangs) {
         // Stage 1 (in the initrd) is the real one; what it execs is not.
+        std::fs::remove_file(lib.join("carapace-init"))?;
         copy_exec(
             &lib.join("test/carapace-test-idle"),
             &lib.join("carapace-init"),
@@ -342,7 +353,10 @@ fn write_package_manager_tree(dir: &Path) -> Result<()> {
 }
 
 fn hash_path(h: &mut Sha256, path: &Path) -> Result<()> {
-    if path.is_dir() {
+    if path.is_symlink() {
+        h.update(b"symlink to ");
+        h.update(std::fs::read_link(path)?.to_string_lossy().as_bytes());
+    } else if path.is_dir() {
         let mut entries: Vec<_> = std::fs::read_dir(path)?
             .flatten()
             .map(|e| e.path())

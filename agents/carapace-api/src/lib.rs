@@ -27,6 +27,7 @@ pub mod apply;
 pub mod auth;
 pub mod config_drive;
 pub mod connection;
+pub mod daemon;
 pub mod first_boot;
 pub mod local;
 pub mod logs;

@@ -44,6 +44,7 @@
 
 pub mod bundle;
 pub mod container_log;
+pub mod daemon;
 pub mod image_user;
 pub mod policy;
 pub mod quota;

@@ -20,3 +20,25 @@ pub mod sntp;
 pub mod status;
 
 pub use agent::{run, Paths};
+
+/// The `net` service: [`run`] on a current-thread runtime; the exit status
+/// tells carapace-init whether to count a failure.
+pub fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("carapace-net: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(Paths::default())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("carapace-net: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

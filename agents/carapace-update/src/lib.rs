@@ -17,6 +17,7 @@
 //! - `dbus` — `org.carapace.Update1` and its client proxy.
 
 pub mod boot_entries;
+pub mod daemon;
 pub mod dbus;
 pub mod efi_vars;
 pub mod engine;

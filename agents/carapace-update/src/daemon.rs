@@ -4,7 +4,7 @@
 //! is healthy — or asks PID 1 for a reboot when it is not healthy in time,
 //! so that systemd-boot counts the try and, when none are left, falls back.
 //!
-//! Health is defined in one place, `carapace_update::health` (the agents
+//! Health is defined in one place, `crate::health` (the agents
 //! run steadily, the API answers on its socket and over TCP with the node's
 //! own certificate, the NIC has an address, every declared container runs
 //! or finished as its restart policy allows); a trial version is blessed
@@ -26,9 +26,9 @@
 //! - `<version> is not healthy after <n> s (<what fails>): rebooting to count the try`
 //! - `update <version> was rolled back`
 
-use carapace_update::dbus::{Update1, Update1Signals, NAME, PATH};
-use carapace_update::engine::{Boot, Engine, Paths};
-use carapace_update::health;
+use crate::dbus::{Update1, Update1Signals, NAME, PATH};
+use crate::engine::{Boot, Engine, Paths};
+use crate::health;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -167,7 +167,7 @@ async fn connect(engine: &Arc<Engine>) -> Result<zbus::Connection, String> {
         let object = Update1 {
             engine: engine.clone(),
         };
-        let built = carapace_update::dbus::system_bus()
+        let built = crate::dbus::system_bus()
             .name(NAME)
             .serve_at(PATH, object)
             .build()
@@ -258,7 +258,7 @@ async fn serve() -> Result<(), String> {
     Ok(())
 }
 
-fn main() -> std::process::ExitCode {
+pub fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -49,7 +49,7 @@ async fn serve_at(path: &str) -> Result<(), String> {
     }
 }
 
-fn main() -> std::process::ExitCode {
+pub fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

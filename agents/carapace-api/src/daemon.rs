@@ -5,7 +5,7 @@
 //! data (fw_cfg, else a config drive), which may also bring the TLS
 //! certificate; otherwise one is generated and kept on /var.
 //!
-//! Neither listener can be starved (see [`carapace_api::admission`]): the
+//! Neither listener can be starved (see [`crate::admission`]): the
 //! soft descriptor limit is raised to the hard one at start and the
 //! connection caps sized to fit it; the Unix socket is served on a thread
 //! and runtime of its own, with its own D-Bus connection, so TCP load can
@@ -17,12 +17,12 @@
 //! - `listening on /run/carapace/api.sock`
 //! - `listening on 0.0.0.0:8443 (TLS), certificate sha256 <64 hex digits>`
 
-use carapace_api::admission::Limits;
-use carapace_api::first_boot::{self, FirstBoot};
-use carapace_api::node::{ApiInfo, UserDataReport};
-use carapace_api::tls::{self, Identity};
-use carapace_api::updates::DbusUpdates;
-use carapace_api::{
+use crate::admission::Limits;
+use crate::first_boot::{self, FirstBoot};
+use crate::node::{ApiInfo, UserDataReport};
+use crate::tls::{self, Identity};
+use crate::updates::DbusUpdates;
+use crate::{
     config_drive, local, remote, router, Access, AppState, Applier, NodeApplier, RealNode,
 };
 use carapace_model::{persist, Area, Settings, Store};
@@ -68,7 +68,7 @@ fn limits() -> Limits {
     limits
 }
 
-fn main() -> std::process::ExitCode {
+pub fn main() -> std::process::ExitCode {
     let limits = limits();
     let runtime = match runtime() {
         Ok(rt) => rt,

@@ -2,7 +2,7 @@
 //! carapace-init supervises (as root; restarted with backoff if it exits).
 //! It runs the containers of the committed settings with crun and keeps
 //! them as the settings say. What to do is decided by
-//! [`carapace_containers::reconcile`], pure; this file is the shell that
+//! [`crate::reconcile`], pure; this file is the shell that
 //! does it, on a current-thread tokio runtime.
 //!
 //! - Settings: /var/lib/carapace/settings.json, polled once a second (the
@@ -30,7 +30,7 @@
 //! wait on these shapes:
 //! - `disk bound: <dirs> (project 4242) at most <n> MiB and <i> inodes of /var's …, enforced`,
 //!   `disk bound: not available: <why>: …` (an older /var), `disk bound: not applied: <error>`
-//!   (first, see [`carapace_containers::quota`])
+//!   (first, see [`crate::quota`])
 //! - `store /var/lib/carapace/containers, runtime <crun> (<crun --version, first line>)`
 //! - `<name>: pulling <image>`
 //! - `<name>: pulled <image> as <sha256:digest> (<n> layers)`
@@ -61,14 +61,14 @@
 //! - `image store: removed <i> images, <b> blobs and <l> layers that no container uses`
 //! - `stopping <n> containers (SIGTERM|SIGINT)`, then `all containers stopped`
 
+use crate::bundle::{Bundle, Image, KernelMounter};
+use crate::container_log::LogWriter;
+use crate::policy::ExitReason;
+use crate::reconcile::{self, Action, Entry, Instance, Task};
+use crate::runtime::{Ended, Running, Runtime};
+use crate::status::{self, ContainerStatus, State};
+use crate::{spec, CGROUP_PARENT, CGROUP_ROOT, RUN_ROOT, STORE_ROOT};
 use anyhow::Context;
-use carapace_containers::bundle::{Bundle, Image, KernelMounter};
-use carapace_containers::container_log::LogWriter;
-use carapace_containers::policy::ExitReason;
-use carapace_containers::reconcile::{self, Action, Entry, Instance, Task};
-use carapace_containers::runtime::{Ended, Running, Runtime};
-use carapace_containers::status::{self, ContainerStatus, State};
-use carapace_containers::{spec, CGROUP_PARENT, CGROUP_ROOT, RUN_ROOT, STORE_ROOT};
 use carapace_model::containers::{ContainerName, ImageRef};
 use carapace_model::{persist, Settings};
 use carapace_oci::{Pulled, Store};
@@ -106,12 +106,10 @@ fn say_about(name: &ContainerName, line: &str) {
     say(&format!("{name}: {line}"));
 }
 
-fn main() -> std::process::ExitCode {
+pub fn main() -> std::process::ExitCode {
     // First, while this is the only thread: the bound drops a capability
     // per thread, and the threads started later inherit the drop.
-    say(&carapace_containers::quota::console_line(
-        &carapace_containers::quota::bound_on_node(),
-    ));
+    say(&crate::quota::console_line(&crate::quota::bound_on_node()));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -150,10 +148,7 @@ async fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(runtime.state_root())
         .with_context(|| format!("cannot create {}", runtime.state_root().display()))?;
     // Before any container runs: together they get what the node can spare.
-    match carapace_containers::runtime::limit_slice_memory(
-        Path::new(CGROUP_ROOT),
-        Path::new("/proc/meminfo"),
-    ) {
+    match crate::runtime::limit_slice_memory(Path::new(CGROUP_ROOT), Path::new("/proc/meminfo")) {
         Ok(limit) => say(&limit.to_string()),
         Err(e) => say(&format!("cannot limit the containers' memory: {e}")),
     }
