@@ -30,13 +30,22 @@ pub fn build(root: &Path, bins: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
     let names: Vec<&str> = bins.iter().map(|(_, b)| *b).collect();
     eprintln!("binaries: building {}", names.join(", "));
     // An explicit --target keeps these flags away from build scripts and from
-    // the host build in target/debug, so neither rebuilds the other.
+    // the host build in target/debug, so neither rebuilds the other. The
+    // binaries name their sources (in panic messages) by paths relative to
+    // fixed prefixes, not by where this checkout and the crate cache happen
+    // to be, so that another machine builds the same bytes.
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let flags = format!(
+        "-C target-feature=+crt-static --remap-path-prefix={}=/carapace --remap-path-prefix={}=/cargo",
+        root.display(),
+        cargo_home.display()
+    );
     duct::cmd(&cargo, &args)
         .dir(root)
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
-        )
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", flags)
         .run()
         .with_context(|| format!("building {} for the node failed", names.join(", ")))?;
     Ok(names

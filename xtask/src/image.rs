@@ -117,6 +117,64 @@ pub fn build(root: &Path, variant: Variant) -> Result<Image> {
     build_in(root, variant, &variant.name())
 }
 
+/// Builds `variant` a second time from scratch in a directory of its own and
+/// requires the same image: the same root hash, slot A byte for byte, the
+/// same UKI. Returns the root hash.
+pub fn check_reproducible(root: &Path, variant: Variant) -> Result<String> {
+    let first = build(root, variant)?;
+    let again = format!("{}-again", variant.name());
+    // No stamp: mkosi runs again whatever the inputs.
+    std::fs::remove_file(root.join("build").join(&again).join("inputs.sha256")).ok();
+    let second = build_in(root, variant, &again)?;
+    let slot_a = |image: &Image| -> Result<(String, Vec<u8>, Vec<u8>)> {
+        let mut disk = std::fs::File::open(&image.disk)?;
+        let (_, parts) = carapace_init::gpt::read(&mut disk, 512)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", image.disk.display()))?;
+        let find = |t| {
+            carapace_init::gpt::partition_by_type(&parts, &t)
+                .cloned()
+                .context("slot A is missing")
+        };
+        let data = find(carapace_init::gpt::types::ROOT_X86_64)?;
+        let verity = find(carapace_init::gpt::types::ROOT_VERITY_X86_64)?;
+        let roothash = format!(
+            "{}{}",
+            crate::reverity::hex(&data.unique_guid.0),
+            crate::reverity::hex(&verity.unique_guid.0)
+        );
+        let mut bytes = vec![0u8; usize::try_from(data.size_bytes(512))?];
+        use std::io::{Read, Seek};
+        disk.seek(std::io::SeekFrom::Start(data.first_lba * 512))?;
+        disk.read_exact(&mut bytes)?;
+        Ok((
+            roothash,
+            bytes,
+            std::fs::read(image.out_dir.join("carapace.efi"))?,
+        ))
+    };
+    let (hash1, root1, uki1) = slot_a(&first)?;
+    let (hash2, root2, uki2) = slot_a(&second)?;
+    if hash1 != hash2 {
+        let differ = root1
+            .chunks(4096)
+            .zip(root2.chunks(4096))
+            .filter(|(a, b)| a != b)
+            .count();
+        bail!(
+            "two builds of the {} image differ: roothash {hash1} and {hash2} ({differ} of slot A's 4 KiB blocks differ)",
+            variant.name()
+        );
+    }
+    if root1 != root2 || uki1 != uki2 {
+        bail!(
+            "two builds of the {} image share roothash {hash1} but differ in slot A or the UKI",
+            variant.name()
+        );
+    }
+    std::fs::remove_dir_all(root.join("build").join(&again)).ok();
+    Ok(hash1)
+}
+
 fn build_in(root: &Path, variant: Variant, dir_name: &str) -> Result<Image> {
     host::ensure_backports_packages(host::IMAGE_TOOLS)?;
     let kernel = kernel::build(root)?;
@@ -264,6 +322,13 @@ fn build_in(root: &Path, variant: Variant, dir_name: &str) -> Result<Image> {
             tail.join("\n")
         );
     }
+    let uki = out_dir.join("carapace.efi");
+    let roothash = crate::reverity::rehash(&disk, &uki)?;
+    eprintln!(
+        "image: slot A verified in {} KiB blocks, roothash={}",
+        crate::reverity::BLOCK / 1024,
+        roothash.to_hex()
+    );
     std::fs::write(&stamp, &key)?;
     eprintln!(
         "image: {} built in {:.0} s",

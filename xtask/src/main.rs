@@ -17,6 +17,7 @@ mod image;
 mod kernel;
 mod oci_layout;
 mod qemu;
+mod reverity;
 mod tidy;
 
 use anyhow::{bail, Context, Result};
@@ -144,6 +145,8 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         .dir(root)
         .run()?;
     let img = image::build(root, image::Variant::Test)?;
+    let roothash = image::check_reproducible(root, image::Variant::Test)?;
+    eprintln!("image: built twice, the same image: roothash={roothash}");
     let sources = update_sources(root)?;
     // The container tests push this image to a registry on the host.
     host::ensure_packages(host::TEST_TOOLS)?;

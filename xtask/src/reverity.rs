@@ -1,0 +1,168 @@
+//! Slot A's dm-verity in 4 KiB blocks. systemd-repart 254 (the one bookworm
+//! has) hashes a verity partition in blocks of its sector size, 512 bytes,
+//! and has no setting for it: every read of the root then costs eight
+//! times the hashing of 4096-byte blocks. So after mkosi has built the disk,
+//! xtask formats slot A's hash partition again with our own verity code
+//! (checked byte for byte against `veritysetup format`) in 4096-byte data
+//! and hash blocks, keeping repart's salt and UUID (both derived from the
+//! image's fixed seed, so the result stays reproducible); gives the data and
+//! hash partitions the UUIDs of the new root hash (first and last 128 bits,
+//! as repart names them); and puts the new root hash in place of the old
+//! one in the UKI's command line, both in the ESP and in the output
+//! directory. The `roothash=` value keeps its length, so the UKI changes in
+//! those 64 bytes only.
+
+use anyhow::{bail, ensure, Context, Result};
+use carapace_init::cmdline::RootHash;
+use carapace_init::gpt::{self, types, Guid};
+use carapace_init::verity::Superblock;
+use carapace_init::verity_tree::{TreeBuilder, TreeParams};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+const SECTOR: u64 = 512;
+/// The data and hash block size the root is verified in.
+pub const BLOCK: u32 = 4096;
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Replaces every `needle` in `haystack` by `with` (same length); returns
+/// how many there were.
+fn replace_all(haystack: &mut [u8], needle: &[u8], with: &[u8]) -> usize {
+    assert_eq!(needle.len(), with.len(), "replacements keep the length");
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(found) = haystack[at..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+    {
+        let start = at + found;
+        haystack[start..start + with.len()].copy_from_slice(with);
+        count += 1;
+        at = start + with.len();
+    }
+    count
+}
+
+/// Rehashes slot A of `disk` in 4 KiB blocks and patches the UKI (`uki` is
+/// the output directory's copy); returns the new root hash. A disk already
+/// in 4 KiB blocks is left as it is.
+pub fn rehash(disk_path: &Path, uki: &Path) -> Result<RootHash> {
+    let mut disk = File::options()
+        .read(true)
+        .write(true)
+        .open(disk_path)
+        .with_context(|| format!("cannot open {}", disk_path.display()))?;
+    let (_, parts) = gpt::read(&mut disk, SECTOR as usize)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", disk_path.display()))?;
+    let data = gpt::partition_by_type(&parts, &types::ROOT_X86_64)
+        .context("the disk has no root partition")?
+        .clone();
+    let verity = gpt::partition_by_type(&parts, &types::ROOT_VERITY_X86_64)
+        .context("the disk has no root verity partition")?
+        .clone();
+    let esp = gpt::partition_by_type(&parts, &types::ESP)
+        .context("the disk has no ESP")?
+        .clone();
+    let old = RootHash::from_hex(&format!(
+        "{}{}",
+        hex(&data.unique_guid.0),
+        hex(&verity.unique_guid.0)
+    ))
+    .map_err(|e| anyhow::anyhow!("slot A's partition UUIDs: {e}"))?;
+
+    let mut head = vec![0u8; 4096];
+    disk.seek(SeekFrom::Start(verity.first_lba * SECTOR))?;
+    disk.read_exact(&mut head)?;
+    let sb = Superblock::parse(&head).map_err(|e| anyhow::anyhow!("slot A's verity: {e}"))?;
+    if sb.data_block_size == BLOCK && sb.hash_block_size == BLOCK {
+        return Ok(old);
+    }
+    let data_bytes = data.size_bytes(SECTOR);
+    ensure!(
+        data_bytes % u64::from(BLOCK) == 0,
+        "slot A ({data_bytes} bytes) is not a whole number of {BLOCK}-byte blocks"
+    );
+    let params = TreeParams::new(
+        BLOCK,
+        BLOCK,
+        data_bytes / u64::from(BLOCK),
+        sb.salt.clone(),
+        sb.uuid,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut builder = TreeBuilder::new(params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    disk.seek(SeekFrom::Start(data.first_lba * SECTOR))?;
+    let mut left = data_bytes;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = buf.len().min(usize::try_from(left).unwrap_or(buf.len()));
+        disk.read_exact(&mut buf[..n])?;
+        builder
+            .update(&buf[..n])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        left -= n as u64;
+    }
+    let tree = builder.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hash_room = verity.size_bytes(SECTOR);
+    ensure!(
+        tree.image.len() as u64 <= hash_room,
+        "the 4 KiB tree ({} bytes) does not fit slot A's verity partition ({hash_room} bytes)",
+        tree.image.len()
+    );
+    // The new tree, then zeros over what is left of the 512-byte one.
+    let mut image = tree.image.clone();
+    image.resize(usize::try_from(hash_room)?, 0);
+    disk.seek(SeekFrom::Start(verity.first_lba * SECTOR))?;
+    disk.write_all(&image)?;
+
+    let new = RootHash::from_hex(&hex(&tree.root_hash))
+        .map_err(|e| anyhow::anyhow!("the new root hash: {e}"))?;
+    for (part, uuid) in [
+        (&data, new.data_partition_uuid()),
+        (&verity, new.hash_partition_uuid()),
+    ] {
+        gpt::set_partition_identity(&mut disk, SECTOR, part.number, Guid(uuid), &part.name)
+            .map_err(|e| anyhow::anyhow!("partition {}: {e}", part.number))?;
+    }
+
+    // The UKI in the ESP: its bytes lie in the vfat partition as written,
+    // the one `roothash=` among them.
+    let needle = format!("roothash={}", old.to_hex());
+    let with = format!("roothash={}", new.to_hex());
+    let mut esp_bytes = vec![0u8; usize::try_from(esp.size_bytes(SECTOR))?];
+    disk.seek(SeekFrom::Start(esp.first_lba * SECTOR))?;
+    disk.read_exact(&mut esp_bytes)?;
+    let found = replace_all(&mut esp_bytes, needle.as_bytes(), with.as_bytes());
+    if found != 1 {
+        bail!("the ESP holds `{needle}` {found} times, not once (the UKI's command line)");
+    }
+    disk.seek(SeekFrom::Start(esp.first_lba * SECTOR))?;
+    disk.write_all(&esp_bytes)?;
+    disk.sync_all()?;
+
+    let mut uki_bytes =
+        std::fs::read(uki).with_context(|| format!("cannot read {}", uki.display()))?;
+    let found = replace_all(&mut uki_bytes, needle.as_bytes(), with.as_bytes());
+    if found != 1 {
+        bail!("{} holds `{needle}` {found} times, not once", uki.display());
+    }
+    std::fs::write(uki, &uki_bytes)?;
+    Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_every_occurrence_in_place() {
+        let mut text = b"a roothash=11 b roothash=11".to_vec();
+        assert_eq!(replace_all(&mut text, b"roothash=11", b"roothash=22"), 2);
+        assert_eq!(text, b"a roothash=22 b roothash=22");
+        assert_eq!(replace_all(&mut text, b"roothash=11", b"roothash=33"), 0);
+    }
+}
