@@ -4,8 +4,9 @@
 //! times the hashing of 4096-byte blocks. So after mkosi has built the disk,
 //! xtask formats slot A's hash partition again with our own verity code
 //! (checked byte for byte against `veritysetup format`) in 4096-byte data
-//! and hash blocks, keeping repart's salt and UUID (both derived from the
-//! image's fixed seed, so the result stays reproducible); gives the data and
+//! and hash blocks, salted with the SHA-256 of the data itself (repart's
+//! salt and UUID are random, whatever the seed; this keeps the image
+//! reproducible); gives the data and
 //! hash partitions the UUIDs of the new root hash (first and last 128 bits,
 //! as repart names them); and puts the new root hash in place of the old
 //! one in the UKI's command line, both in the ESP and in the output
@@ -17,6 +18,7 @@ use carapace_init::cmdline::RootHash;
 use carapace_init::gpt::{self, types, Guid};
 use carapace_init::verity::Superblock;
 use carapace_init::verity_tree::{TreeBuilder, TreeParams};
+use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -45,6 +47,39 @@ fn replace_all(haystack: &mut [u8], needle: &[u8], with: &[u8]) -> usize {
         at = start + with.len();
     }
     count
+}
+
+/// Feeds `len` bytes of `disk` from `offset` to `each`, 1 MiB at a time.
+fn for_each_chunk(
+    disk: &mut File,
+    offset: u64,
+    len: u64,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    disk.seek(SeekFrom::Start(offset))?;
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = buf.len().min(usize::try_from(left).unwrap_or(buf.len()));
+        disk.read_exact(&mut buf[..n])?;
+        each(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// The hash device's UUID for a tree salted with `salt`: a version 4,
+/// variant 1 UUID of the salt's hash (canonical byte order).
+fn uuid_from(salt: &[u8; 32]) -> [u8; 16] {
+    let digest = Sha256::new()
+        .chain_update(b"carapace verity uuid")
+        .chain_update(salt)
+        .finalize();
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&digest[..16]);
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    uuid
 }
 
 /// Rehashes slot A of `disk` in 4 KiB blocks and patches the UKI (`uki` is
@@ -86,26 +121,26 @@ pub fn rehash(disk_path: &Path, uki: &Path) -> Result<RootHash> {
         data_bytes % u64::from(BLOCK) == 0,
         "slot A ({data_bytes} bytes) is not a whole number of {BLOCK}-byte blocks"
     );
+    // repart's salt and superblock UUID are random whatever the seed: ours
+    // come from the data itself, so the same root gives the same tree.
+    let mut digest = Sha256::new();
+    for_each_chunk(&mut disk, data.first_lba * SECTOR, data_bytes, |chunk| {
+        digest.update(chunk);
+        Ok(())
+    })?;
+    let salt: [u8; 32] = digest.finalize().into();
     let params = TreeParams::new(
         BLOCK,
         BLOCK,
         data_bytes / u64::from(BLOCK),
-        sb.salt.clone(),
-        sb.uuid,
+        salt.to_vec(),
+        uuid_from(&salt),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut builder = TreeBuilder::new(params).map_err(|e| anyhow::anyhow!("{e}"))?;
-    disk.seek(SeekFrom::Start(data.first_lba * SECTOR))?;
-    let mut left = data_bytes;
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        let n = buf.len().min(usize::try_from(left).unwrap_or(buf.len()));
-        disk.read_exact(&mut buf[..n])?;
-        builder
-            .update(&buf[..n])
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        left -= n as u64;
-    }
+    for_each_chunk(&mut disk, data.first_lba * SECTOR, data_bytes, |chunk| {
+        builder.update(chunk).map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
     let tree = builder.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
     let hash_room = verity.size_bytes(SECTOR);
     ensure!(
