@@ -3,7 +3,8 @@
 //! asked for through the API; status from the API; a setting committed
 //! through the API in force at once and again after the power cycle; every
 //! agent with only its manifest's capabilities, no_new_privs and its OOM
-//! score, PID 1 out of the OOM killer's reach.
+//! score, PID 1 out of the OOM killer's reach; the root verified in 4 KiB
+//! blocks and a UKI the stub boots without a warning.
 
 use qemu_tests::{find_uki_roothash, part_type, TestDisk};
 
@@ -106,6 +107,26 @@ fn boots_to_ready_on_a_read_only_verity_root_and_keeps_var_across_power_off_and_
     // The partitions stage 1 used are the ones named by the root hash.
     assert_eq!(root_a.uuid.replace('-', ""), uki_hash[..32]);
     assert_eq!(verity_a.uuid.replace('-', ""), uki_hash[32..]);
+    // dm-verity checks the root in 4 KiB data and hash blocks (the
+    // superblock's block sizes, at bytes 64 and 68).
+    let sb = disk.read_at(verity_a.offset, 512)?;
+    assert_eq!(
+        &sb[..8],
+        b"verity\0\0",
+        "slot A's hash partition has a superblock"
+    );
+    let u32_at = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+    assert_eq!(
+        (u32_at(64), u32_at(68)),
+        (4096, 4096),
+        "4 KiB verity blocks"
+    );
+    // The UKI's sections do not overlap, so the stub has nothing to warn of.
+    assert!(
+        !node.transcript.contains("Overlapping PE sections"),
+        "the stub warned of overlapping sections:\n{}",
+        node.transcript
+    );
 
     node.expect("checker: done")?;
     let t = node.transcript.clone();

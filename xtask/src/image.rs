@@ -6,7 +6,7 @@
 //! input is kept beside the output.
 
 use crate::{binaries, cpio, host, kernel};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -301,7 +301,7 @@ fn build_in(root: &Path, variant: Variant, dir_name: &str) -> Result<Image> {
         "--extra-tree".into(),
         tree.into(),
         "--initrd".into(),
-        initrd.into(),
+        initrd.clone().into(),
         "build".into(),
     ];
     let result = duct::cmd("mkosi", &args)
@@ -322,13 +322,21 @@ fn build_in(root: &Path, variant: Variant, dir_name: &str) -> Result<Image> {
             tail.join("\n")
         );
     }
-    let uki = out_dir.join("carapace.efi");
-    let roothash = crate::reverity::rehash(&disk, &uki)?;
+    let (old, roothash) = crate::reverity::rehash(&disk)?;
     eprintln!(
         "image: slot A verified in {} KiB blocks, roothash={}",
         crate::reverity::BLOCK / 1024,
         roothash.to_hex()
     );
+    let uki = out_dir.join("carapace.efi");
+    install_uki(
+        &disk,
+        &uki,
+        &format!("carapace_{version}.efi"),
+        &kernel,
+        &std::fs::read(&initrd)?,
+        (&old, &roothash),
+    )?;
     std::fs::write(&stamp, &key)?;
     eprintln!(
         "image: {} built in {:.0} s",
@@ -336,6 +344,97 @@ fn build_in(root: &Path, variant: Variant, dir_name: &str) -> Result<Image> {
         started.elapsed().as_secs_f64()
     );
     Ok(Image { disk, out_dir })
+}
+
+/// Assembles the UKI ([`crate::uki`]) from the stub mkosi.finalize left in
+/// the output directory, with the command line mkosi put in its own UKI
+/// (`old_new.0` replaced by the 4 KiB root hash `old_new.1`) and its
+/// os-release, and puts it in place of mkosi's: at `uki` and in the ESP as
+/// `EFI/Linux/<name>` (mtools, read back and compared).
+fn install_uki(
+    disk: &Path,
+    uki: &Path,
+    name: &str,
+    kernel: &kernel::Kernel,
+    initrd: &[u8],
+    old_new: (
+        &carapace_init::cmdline::RootHash,
+        &carapace_init::cmdline::RootHash,
+    ),
+) -> Result<()> {
+    let out_dir = uki.parent().context("the UKI has a directory")?;
+    let theirs = std::fs::read(uki).with_context(|| format!("cannot read {}", uki.display()))?;
+    let text = |section: &str| -> Result<String> {
+        let bytes = crate::uki::section(&theirs, section)?
+            .with_context(|| format!("mkosi's UKI has no {section} section"))?;
+        Ok(String::from_utf8_lossy(bytes)
+            .trim_end_matches('\0')
+            .to_string())
+    };
+    let (old, new) = old_new;
+    let cmdline = text(".cmdline")?.replace(
+        &format!("roothash={}", old.to_hex()),
+        &format!("roothash={}", new.to_hex()),
+    );
+    ensure!(
+        cmdline.contains(&format!("roothash={}", new.to_hex())),
+        "mkosi's UKI command line {cmdline:?} names no roothash={}",
+        old.to_hex()
+    );
+    let os_release = text(".osrel")?;
+    let stub_path = out_dir.join("linuxx64.efi.stub");
+    let stub = std::fs::read(&stub_path).with_context(|| {
+        format!(
+            "cannot read {} (left by mkosi.finalize)",
+            stub_path.display()
+        )
+    })?;
+    let ours = crate::uki::assemble(
+        &stub,
+        &crate::uki::Parts {
+            os_release: os_release.as_bytes(),
+            cmdline: &cmdline,
+            uname: &kernel.release,
+            initrd,
+            linux: &std::fs::read(&kernel.bzimage)?,
+        },
+    )?;
+    std::fs::write(uki, &ours)?;
+    std::fs::remove_file(&stub_path)?;
+
+    let mut file = std::fs::File::open(disk)?;
+    let (_, parts) = carapace_init::gpt::read(&mut file, 512)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", disk.display()))?;
+    let esp = carapace_init::gpt::partition_by_type(&parts, &carapace_init::gpt::types::ESP)
+        .context("the disk has no ESP")?;
+    let image = format!("{}@@{}", disk.display(), esp.first_lba * 512);
+    let target = format!("::EFI/Linux/{name}");
+    let mtools = |args: &[&str]| {
+        duct::cmd("mcopy", args)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .stderr_to_stdout()
+            .stdout_capture()
+            .unchecked()
+            .run()
+    };
+    let uki_arg = uki.to_string_lossy().into_owned();
+    let put = mtools(&["-o", "-i", &image, &uki_arg, &target])?;
+    ensure!(
+        put.status.success(),
+        "mcopy into the ESP failed: {}",
+        String::from_utf8_lossy(&put.stdout)
+    );
+    let back = out_dir.join("uki-from-esp.efi");
+    let back_arg = back.to_string_lossy().into_owned();
+    let got = mtools(&["-o", "-n", "-i", &image, &target, &back_arg])?;
+    ensure!(
+        got.status.success() && std::fs::read(&back)? == ours,
+        "the ESP's {target} is not the UKI just written: {}",
+        String::from_utf8_lossy(&got.stdout)
+    );
+    std::fs::remove_file(&back)?;
+    Ok(())
 }
 
 fn copy_exec(from: &Path, to: &Path) -> Result<()> {
@@ -446,6 +545,10 @@ fn input_hash(root: &Path, tree: &Path, initrd: &Path, version: &str) -> Result<
     let mut h = Sha256::new();
     h.update(version.as_bytes());
     hash_path(&mut h, &root.join("image"))?;
+    // How the disk is finished after mkosi (verity, UKI) is part of it too.
+    for step in ["image.rs", "reverity.rs", "uki.rs", "cpio.rs"] {
+        hash_path(&mut h, &root.join("xtask/src").join(step))?;
+    }
     hash_path(&mut h, tree)?;
     hash_path(&mut h, initrd)?;
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())

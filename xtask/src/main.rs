@@ -19,6 +19,7 @@ mod oci_layout;
 mod qemu;
 mod reverity;
 mod tidy;
+mod uki;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

@@ -8,12 +8,10 @@
 //! salt and UUID are random, whatever the seed; this keeps the image
 //! reproducible); gives the data and
 //! hash partitions the UUIDs of the new root hash (first and last 128 bits,
-//! as repart names them); and puts the new root hash in place of the old
-//! one in the UKI's command line, both in the ESP and in the output
-//! directory. The `roothash=` value keeps its length, so the UKI changes in
-//! those 64 bytes only.
+//! as repart names them). The UKI that names the new root hash is then
+//! assembled by [`crate::uki`].
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use carapace_init::cmdline::RootHash;
 use carapace_init::gpt::{self, types, Guid};
 use carapace_init::verity::Superblock;
@@ -29,24 +27,6 @@ pub const BLOCK: u32 = 4096;
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Replaces every `needle` in `haystack` by `with` (same length); returns
-/// how many there were.
-fn replace_all(haystack: &mut [u8], needle: &[u8], with: &[u8]) -> usize {
-    assert_eq!(needle.len(), with.len(), "replacements keep the length");
-    let mut count = 0;
-    let mut at = 0;
-    while let Some(found) = haystack[at..]
-        .windows(needle.len())
-        .position(|w| w == needle)
-    {
-        let start = at + found;
-        haystack[start..start + with.len()].copy_from_slice(with);
-        count += 1;
-        at = start + with.len();
-    }
-    count
 }
 
 /// Feeds `len` bytes of `disk` from `offset` to `each`, 1 MiB at a time.
@@ -82,10 +62,10 @@ fn uuid_from(salt: &[u8; 32]) -> [u8; 16] {
     uuid
 }
 
-/// Rehashes slot A of `disk` in 4 KiB blocks and patches the UKI (`uki` is
-/// the output directory's copy); returns the new root hash. A disk already
-/// in 4 KiB blocks is left as it is.
-pub fn rehash(disk_path: &Path, uki: &Path) -> Result<RootHash> {
+/// Rehashes slot A of `disk` in 4 KiB blocks and gives slot A the UUIDs of
+/// the new root hash; returns the old and the new root hash (the same for a
+/// disk already in 4 KiB blocks, which is left as it is).
+pub fn rehash(disk_path: &Path) -> Result<(RootHash, RootHash)> {
     let mut disk = File::options()
         .read(true)
         .write(true)
@@ -99,9 +79,6 @@ pub fn rehash(disk_path: &Path, uki: &Path) -> Result<RootHash> {
     let verity = gpt::partition_by_type(&parts, &types::ROOT_VERITY_X86_64)
         .context("the disk has no root verity partition")?
         .clone();
-    let esp = gpt::partition_by_type(&parts, &types::ESP)
-        .context("the disk has no ESP")?
-        .clone();
     let old = RootHash::from_hex(&format!(
         "{}{}",
         hex(&data.unique_guid.0),
@@ -114,12 +91,17 @@ pub fn rehash(disk_path: &Path, uki: &Path) -> Result<RootHash> {
     disk.read_exact(&mut head)?;
     let sb = Superblock::parse(&head).map_err(|e| anyhow::anyhow!("slot A's verity: {e}"))?;
     if sb.data_block_size == BLOCK && sb.hash_block_size == BLOCK {
-        return Ok(old);
+        return Ok((old.clone(), old));
     }
-    let data_bytes = data.size_bytes(SECTOR);
+    // The tree covers what repart's did (the filesystem, not the whole
+    // partition), rounded up to whole 4 KiB blocks: an update writes and
+    // verifies only that much.
+    let block = u64::from(BLOCK);
+    let data_bytes = sb.data_bytes().div_ceil(block) * block;
     ensure!(
-        data_bytes % u64::from(BLOCK) == 0,
-        "slot A ({data_bytes} bytes) is not a whole number of {BLOCK}-byte blocks"
+        data_bytes <= data.size_bytes(SECTOR),
+        "slot A's verity covers {data_bytes} bytes, more than its partition ({} bytes)",
+        data.size_bytes(SECTOR)
     );
     // repart's salt and superblock UUID are random whatever the seed: ours
     // come from the data itself, so the same root gives the same tree.
@@ -132,7 +114,7 @@ pub fn rehash(disk_path: &Path, uki: &Path) -> Result<RootHash> {
     let params = TreeParams::new(
         BLOCK,
         BLOCK,
-        data_bytes / u64::from(BLOCK),
+        data_bytes / block,
         salt.to_vec(),
         uuid_from(&salt),
     )
@@ -164,40 +146,6 @@ pub fn rehash(disk_path: &Path, uki: &Path) -> Result<RootHash> {
             .map_err(|e| anyhow::anyhow!("partition {}: {e}", part.number))?;
     }
 
-    // The UKI in the ESP: its bytes lie in the vfat partition as written,
-    // the one `roothash=` among them.
-    let needle = format!("roothash={}", old.to_hex());
-    let with = format!("roothash={}", new.to_hex());
-    let mut esp_bytes = vec![0u8; usize::try_from(esp.size_bytes(SECTOR))?];
-    disk.seek(SeekFrom::Start(esp.first_lba * SECTOR))?;
-    disk.read_exact(&mut esp_bytes)?;
-    let found = replace_all(&mut esp_bytes, needle.as_bytes(), with.as_bytes());
-    if found != 1 {
-        bail!("the ESP holds `{needle}` {found} times, not once (the UKI's command line)");
-    }
-    disk.seek(SeekFrom::Start(esp.first_lba * SECTOR))?;
-    disk.write_all(&esp_bytes)?;
     disk.sync_all()?;
-
-    let mut uki_bytes =
-        std::fs::read(uki).with_context(|| format!("cannot read {}", uki.display()))?;
-    let found = replace_all(&mut uki_bytes, needle.as_bytes(), with.as_bytes());
-    if found != 1 {
-        bail!("{} holds `{needle}` {found} times, not once", uki.display());
-    }
-    std::fs::write(uki, &uki_bytes)?;
-    Ok(new)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replaces_every_occurrence_in_place() {
-        let mut text = b"a roothash=11 b roothash=11".to_vec();
-        assert_eq!(replace_all(&mut text, b"roothash=11", b"roothash=22"), 2);
-        assert_eq!(text, b"a roothash=22 b roothash=22");
-        assert_eq!(replace_all(&mut text, b"roothash=11", b"roothash=33"), 0);
-    }
+    Ok((old, new))
 }
