@@ -541,6 +541,7 @@ impl Engine {
     /// Downloads the newest version into the inactive slot and proves it.
     pub async fn download(&self, force_downgrade: bool) -> Result<String, String> {
         self.may_update()?;
+        let checking = std::time::Instant::now();
         let Offer {
             source,
             manifest,
@@ -549,6 +550,7 @@ impl Engine {
             .check(force_downgrade)
             .await?
             .ok_or("no newer version is available")?;
+        let check_took = checking.elapsed();
         let (parts, slots) = self.read_slots()?;
         let target = slots.inactive.clone();
         let sector = self.sector_size();
@@ -564,7 +566,9 @@ impl Engine {
         // Nothing may boot the slot while it is rewritten.
         *self.staged.lock().map_err(|_| "poisoned")? = None;
         self.update(|s| s.staged.clear());
+        let clearing = std::time::Instant::now();
         self.unstage(&parts, &target)?;
+        let cleared = clearing.elapsed();
 
         // Stream the parts in.
         self.enter(State::Downloading);
@@ -620,17 +624,9 @@ impl Engine {
         })?;
 
         let verified = verifying.elapsed();
-        println!(
-            "carapace-update: wrote {} to slot {}: {} bytes in {} ms; verified {} bytes in {} ms",
-            manifest.version,
-            target.letter,
-            manifest.root.stored_bytes + manifest.verity.bytes,
-            written.as_millis(),
-            manifest.root.data_bytes + manifest.verity.bytes,
-            verified.as_millis()
-        );
         // Only now does the slot get the identity the new UKI looks for.
         self.enter(State::Writing);
+        let naming = std::time::Instant::now();
         let label = format!("carapace_{}", manifest.version);
         self.set_identity(
             &target,
@@ -638,6 +634,19 @@ impl Engine {
             (guid_of(&roothash[16..]), format!("{label}_verity")),
         )?;
         staged::save(&self.paths.staged, &record)?;
+        println!(
+            "carapace-update: wrote {} to slot {}: {} bytes in {} ms; verified {} bytes in {} ms \
+             (checked the source in {} ms, cleared the slot in {} ms, named it in {} ms)",
+            manifest.version,
+            target.letter,
+            manifest.root.stored_bytes + manifest.verity.bytes,
+            written.as_millis(),
+            manifest.root.data_bytes + manifest.verity.bytes,
+            verified.as_millis(),
+            check_took.as_millis(),
+            cleared.as_millis(),
+            naming.elapsed().as_millis()
+        );
         let version = manifest.version.to_string();
         *self.staged.lock().map_err(|_| "poisoned")? = Some(Staged { manifest, source });
         self.update(|s| s.staged = version.clone());
