@@ -8,7 +8,7 @@
 //! - reads `roothash=` from the UKI's `.cmdline` PE section and refuses to
 //!   go on unless slot A's partition UUIDs are its two halves (the disk and
 //!   the UKI come from the same build);
-//! - parses the verity superblock (`carapace_init::verity`) and takes the
+//! - parses the verity superblock (`carapace_disk::verity`) and takes the
 //!   hash device as long as the superblock says: the superblock block plus
 //!   the tree whose size follows from data blocks, block sizes and digest
 //!   size, exactly as the kernel lays it out (and as `veritysetup dump`
@@ -40,9 +40,9 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use carapace_bundle::{Index, Manifest, Part, RootPart, SigningKey, Version};
-use carapace_init::cmdline::RootHash;
-use carapace_init::gpt::{self, types, Partition};
-use carapace_init::verity::{Algorithm, Superblock, SUPERBLOCK_SIZE};
+use carapace_disk::gpt::{self, types, Partition};
+use carapace_disk::root_hash::RootHash;
+use carapace_disk::verity::{Algorithm, Superblock, SUPERBLOCK_SIZE};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -757,16 +757,26 @@ fn read_index(bytes: &[u8]) -> Result<Index> {
 mod tests {
     use super::*;
 
-    const DISK_512: &[u8] = include_bytes!("../../init/testdata/repart-512.head.bin");
-    const SFDISK_512: &str = include_str!("../../init/testdata/repart-512.sfdisk.json");
-    const ROOT_HASH_512: &str = include_str!("../../init/testdata/repart-512.roothash");
-    const DISK_4096: &[u8] = include_bytes!("../../init/testdata/repart-4096.head.bin");
-    const SFDISK_4096: &str = include_str!("../../init/testdata/repart-4096.sfdisk.json");
-    const ROOT_HASH_4096: &str = include_str!("../../init/testdata/repart-4096.roothash");
-    const SB_4096: &[u8] = include_bytes!("../../init/testdata/repart-4096.verity-superblock.bin");
-    const DUMP_4096: &str = include_str!("../../init/testdata/repart-4096.veritysetup-dump.txt");
-    const SB_512: &[u8] = include_bytes!("../../init/testdata/repart-512.verity-superblock.bin");
-    const DUMP_512: &str = include_str!("../../init/testdata/repart-512.veritysetup-dump.txt");
+    const DISK_512: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-512.head.bin");
+    const SFDISK_512: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-512.sfdisk.json");
+    const ROOT_HASH_512: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-512.roothash");
+    const DISK_4096: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-4096.head.bin");
+    const SFDISK_4096: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-4096.sfdisk.json");
+    const ROOT_HASH_4096: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-4096.roothash");
+    const SB_4096: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-4096.verity-superblock.bin");
+    const DUMP_4096: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-4096.veritysetup-dump.txt");
+    const SB_512: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-512.verity-superblock.bin");
+    const DUMP_512: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-512.veritysetup-dump.txt");
 
     fn slot_of(head: &[u8], sector: usize) -> (Partition, Partition) {
         let parts = gpt::parse(head, sector).expect("gpt");

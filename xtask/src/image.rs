@@ -128,15 +128,15 @@ pub fn check_reproducible(root: &Path, variant: Variant) -> Result<String> {
     let second = build_in(root, variant, &again)?;
     let slot_a = |image: &Image| -> Result<(String, Vec<u8>, Vec<u8>)> {
         let mut disk = std::fs::File::open(&image.disk)?;
-        let (_, parts) = carapace_init::gpt::read(&mut disk, 512)
+        let (_, parts) = carapace_disk::gpt::read(&mut disk, 512)
             .map_err(|e| anyhow::anyhow!("{}: {e}", image.disk.display()))?;
         let find = |t| {
-            carapace_init::gpt::partition_by_type(&parts, &t)
+            carapace_disk::gpt::partition_by_type(&parts, &t)
                 .cloned()
                 .context("slot A is missing")
         };
-        let data = find(carapace_init::gpt::types::ROOT_X86_64)?;
-        let verity = find(carapace_init::gpt::types::ROOT_VERITY_X86_64)?;
+        let data = find(carapace_disk::gpt::types::ROOT_X86_64)?;
+        let verity = find(carapace_disk::gpt::types::ROOT_VERITY_X86_64)?;
         let roothash = format!(
             "{}{}",
             crate::reverity::hex(&data.unique_guid.0),

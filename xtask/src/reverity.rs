@@ -14,10 +14,10 @@
 //! those 64 bytes only.
 
 use anyhow::{bail, ensure, Context, Result};
-use carapace_init::cmdline::RootHash;
-use carapace_init::gpt::{self, types, Guid};
-use carapace_init::verity::Superblock;
-use carapace_init::verity_tree::{TreeBuilder, TreeParams};
+use carapace_disk::gpt::{self, types, Guid};
+use carapace_disk::root_hash::RootHash;
+use carapace_disk::verity::Superblock;
+use carapace_disk::verity_tree::{TreeBuilder, TreeParams};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -32,7 +32,10 @@ use crate::slots::{self, Slot, Slots};
 use crate::staged::{self, Record};
 use crate::status::{State, Status};
 use carapace_bundle::{Manifest, PartHasher};
-use carapace_init::gpt::{self, Guid};
+use carapace_disk::gpt::{self, Guid};
+use carapace_disk::partition_node::partition_node_name;
+use carapace_disk::root_hash::RootHash;
+use carapace_disk::verity_tree;
 use semver::Version;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -111,11 +114,14 @@ fn parse_hash(hex: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-/// The GUID whose canonical bytes are `bytes` (how stage 1 compares them).
-fn guid_of(bytes: &[u8]) -> Guid {
-    let mut g = [0u8; 16];
-    g.copy_from_slice(&bytes[..16]);
-    Guid(g)
+/// The partition UUIDs of the slot that holds `roothash`, data and verity
+/// (the halves of the hash, canonical byte order: how stage 1 finds them).
+fn slot_uuids(roothash: &[u8; 32]) -> (Guid, Guid) {
+    let hash = RootHash::from(*roothash);
+    (
+        Guid(hash.data_partition_uuid()),
+        Guid(hash.hash_partition_uuid()),
+    )
 }
 
 /// A version fetched, verified and written, waiting for `apply`.
@@ -310,8 +316,9 @@ impl Engine {
             let roothash = parse_hash(&manifest.roothash)?;
             let slot = &slots.inactive;
             let label = format!("carapace_{}", manifest.version);
-            if slot.data.unique_guid != guid_of(&roothash[..16])
-                || slot.verity.unique_guid != guid_of(&roothash[16..])
+            let (data_uuid, verity_uuid) = slot_uuids(&roothash);
+            if slot.data.unique_guid != data_uuid
+                || slot.verity.unique_guid != verity_uuid
                 || slot.data.name != label
             {
                 return Err(format!(
@@ -492,10 +499,7 @@ impl Engine {
     fn partition_device(&self, number: u32) -> String {
         let disk = self.disk_device();
         let name = disk.trim_start_matches("/dev/");
-        format!(
-            "/dev/{}",
-            carapace_init::stage1::partition_node_name(name, number)
-        )
+        format!("/dev/{}", partition_node_name(name, number))
     }
 
     fn esp(&self, parts: &[gpt::Partition]) -> Result<Esp, String> {
@@ -607,7 +611,7 @@ impl Engine {
         // Seconds of hashing: off the runtime, which keeps answering D-Bus
         // and sending signals meanwhile.
         let checked = tokio::task::spawn_blocking(move || {
-            carapace_init::verity_tree::verify(data.take(data_bytes), &hash_image, &roothash)
+            verity_tree::verify(data.take(data_bytes), &hash_image, &roothash)
                 .map_err(|e| e.to_string())
         })
         .await
@@ -632,10 +636,11 @@ impl Engine {
         // Only now does the slot get the identity the new UKI looks for.
         self.enter(State::Writing);
         let label = format!("carapace_{}", manifest.version);
+        let (data_uuid, verity_uuid) = slot_uuids(&roothash);
         self.set_identity(
             &target,
-            (guid_of(&roothash[..16]), label.clone()),
-            (guid_of(&roothash[16..]), format!("{label}_verity")),
+            (data_uuid, label.clone()),
+            (verity_uuid, format!("{label}_verity")),
         )?;
         staged::save(&self.paths.staged, &record)?;
         let version = manifest.version.to_string();
