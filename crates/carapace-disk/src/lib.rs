@@ -8,7 +8,8 @@
 //! - [`verity_tree`]: building and checking a verity hash tree, byte for
 //!   byte as `veritysetup format` writes it;
 //! - [`root_hash`]: the root hash and the partition UUIDs it names;
-//! - [`partition_node`]: the kernel's device name of a partition.
+//! - [`partition_node`]: the kernel's device name of a partition;
+//! - [`pe`]: the sections of a unified kernel image (PE), its command line.
 //!
 //! Pure: bytes in, values or errors out; the readers and writers take any
 //! `Read + Seek` (`+ Write`) and open nothing themselves. Nothing here
@@ -16,6 +17,7 @@
 
 pub mod gpt;
 pub mod partition_node;
+pub mod pe;
 pub mod root_hash;
 pub mod verity;
 pub mod verity_tree;
