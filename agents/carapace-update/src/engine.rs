@@ -275,21 +275,18 @@ impl Engine {
     fn unstage(&self, parts: &[gpt::Partition], slot: &Slot) -> Result<(), String> {
         staged::clear(&self.paths.staged)?;
         let esp = self.esp(parts)?;
-        let hash_prefix: String = slot
-            .data
-            .unique_guid
-            .0
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         esp.with_linux_dir(|dir| {
             let mut doomed = Vec::new();
             for name in esp::list(dir)? {
                 if Entry::parse(&name).is_none() {
                     continue;
                 }
-                let hash = esp::uki_roothash(std::fs::File::open(dir.join(&name))?)?;
-                if hash.is_some_and(|h| h.starts_with(&hash_prefix)) {
+                let uki = std::fs::read(dir.join(&name))?;
+                // A UKI that names no root hash boots no slot (stage 1
+                // refuses it): it does not point at this one.
+                if esp::uki_roothash(&uki)
+                    .is_ok_and(|hash| Guid(hash.data_partition_uuid()) == slot.data.unique_guid)
+                {
                     doomed.push(name);
                 }
             }
@@ -709,10 +706,12 @@ impl Engine {
             .finish()
             .map_err(|e| format!("{}: {e}", m.uki.file))?;
         self.enter(State::Verifying);
-        let names = esp::uki_roothash(uki.as_slice()).map_err(|e| e.to_string())?;
-        if names.as_deref() != Some(m.roothash.as_str()) {
+        let names = esp::uki_roothash(&uki)
+            .map_err(|e| format!("the UKI of {} names no root hash: {e}", m.version))?
+            .to_hex();
+        if names != m.roothash {
             return Err(format!(
-                "the UKI of {} names root hash {names:?}, the manifest {}",
+                "the UKI of {} names root hash {names}, the manifest {}",
                 m.version, m.roothash
             ));
         }
