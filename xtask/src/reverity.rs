@@ -102,12 +102,11 @@ pub fn rehash(disk_path: &Path, uki: &Path) -> Result<RootHash> {
     let esp = gpt::partition_by_type(&parts, &types::ESP)
         .context("the disk has no ESP")?
         .clone();
-    let old = RootHash::from_hex(&format!(
-        "{}{}",
-        hex(&data.unique_guid.0),
-        hex(&verity.unique_guid.0)
-    ))
-    .map_err(|e| anyhow::anyhow!("slot A's partition UUIDs: {e}"))?;
+    // The root hash slot A's partition UUIDs are the halves of.
+    let mut old = [0u8; 32];
+    old[..16].copy_from_slice(&data.unique_guid.0);
+    old[16..].copy_from_slice(&verity.unique_guid.0);
+    let old = RootHash::from(old);
 
     let mut head = vec![0u8; 4096];
     disk.seek(SeekFrom::Start(verity.first_lba * SECTOR))?;
@@ -154,8 +153,7 @@ pub fn rehash(disk_path: &Path, uki: &Path) -> Result<RootHash> {
     disk.seek(SeekFrom::Start(verity.first_lba * SECTOR))?;
     disk.write_all(&image)?;
 
-    let new = RootHash::from_hex(&hex(&tree.root_hash))
-        .map_err(|e| anyhow::anyhow!("the new root hash: {e}"))?;
+    let new = RootHash::from(tree.root_hash);
     for (part, uuid) in [
         (&data, new.data_partition_uuid()),
         (&verity, new.hash_partition_uuid()),
