@@ -1,11 +1,9 @@
 //! The kernel command line: the only input stage 1 trusts, because it sits
-//! inside the signed unified kernel image.
+//! inside the signed unified kernel image. The root hash `roothash=` names,
+//! and the partition UUIDs that follow from it, are
+//! [`carapace_disk::root_hash`]'s; this module only finds it in the line.
 
-use std::fmt;
-
-/// The dm-verity root hash named by `roothash=`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RootHash(Vec<u8>);
+use carapace_disk::root_hash::RootHash;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CmdlineError {
@@ -17,58 +15,6 @@ pub enum CmdlineError {
         "roothash={value:?} is not hexadecimal of an even length between 32 and 128 characters"
     )]
     Malformed { value: String },
-}
-
-impl RootHash {
-    /// Parses a hexadecimal root hash (SHA-256 gives 64 characters).
-    pub fn from_hex(value: &str) -> Result<Self, CmdlineError> {
-        let bad = || CmdlineError::Malformed {
-            value: value.to_string(),
-        };
-        // Every character checked: from_str_radix alone would take a leading '+'.
-        if !value.len().is_multiple_of(2)
-            || !(32..=128).contains(&value.len())
-            || !value.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return Err(bad());
-        }
-        let bytes = (0..value.len())
-            .step_by(2)
-            .map(|i| {
-                u8::from_str_radix(value.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())
-            })
-            .collect::<Result<Vec<u8>, _>>()?;
-        Ok(RootHash(bytes))
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// The partition UUID of the data partition: the first 128 bits of the
-    /// hash (Discoverable Partitions Specification, as systemd-repart writes it).
-    pub fn data_partition_uuid(&self) -> [u8; 16] {
-        let mut uuid = [0u8; 16];
-        uuid.copy_from_slice(&self.0[..16]);
-        uuid
-    }
-
-    /// The partition UUID of the hash partition: the last 128 bits.
-    pub fn hash_partition_uuid(&self) -> [u8; 16] {
-        let mut uuid = [0u8; 16];
-        uuid.copy_from_slice(&self.0[self.0.len() - 16..]);
-        uuid
-    }
-}
-
-impl fmt::Debug for RootHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RootHash({})", self.to_hex())
-    }
 }
 
 /// Splits a kernel command line into words, honouring double quotes the way
@@ -122,7 +68,7 @@ pub fn value<'a>(words: &'a [String], key: &str) -> Result<Option<&'a str>, Cmdl
 pub fn roothash(cmdline: &str) -> Result<RootHash, CmdlineError> {
     let words = words(cmdline);
     match value(&words, "roothash")? {
-        Some(v) => RootHash::from_hex(v),
+        Some(v) => RootHash::from_hex(v).map_err(|e| CmdlineError::Malformed { value: e.value }),
         None => Err(CmdlineError::Missing),
     }
 }

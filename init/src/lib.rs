@@ -23,7 +23,6 @@ pub mod clock;
 pub mod cmdline;
 pub mod console;
 pub mod dm;
-pub mod gpt;
 pub mod logs;
 pub mod loopback;
 pub mod manifest;
@@ -35,8 +34,6 @@ pub mod shutdown;
 pub mod stage1;
 pub mod stage2;
 pub mod supervisor;
-pub mod verity;
-pub mod verity_tree;
 pub mod watchdog;
 
 /// Where stage 2 lives on the verified root.

@@ -18,7 +18,7 @@
 //! stage 2.
 //!
 //! The deciding is pure and unit-tested ([`locate`], [`mount_plan`],
-//! [`switch_plan`], [`is_whole_disk`], [`partition_node_name`]); the rest is
+//! [`switch_plan`], [`is_whole_disk`]; the formats are carapace-disk's); the rest is
 //! a thin shell of syscalls. Any failure is one `boot failed:` line saying
 //! what failed, on what, and why, then a reboot if this is a trial boot the
 //! boot loader counts (so that it falls back), else a power-off (see
@@ -30,9 +30,11 @@
 //! - `cannot mount efivarfs on /sys/firmware/efi/efivars: <error>: a failed boot will power off, not reboot`
 //! - the watchdog's lines ([`crate::watchdog`])
 
-use crate::cmdline::{CmdlineError, RootHash};
-use crate::gpt::{self, Guid, Partition};
-use crate::verity::{FitError, Superblock, SuperblockError, TableError};
+use crate::cmdline::CmdlineError;
+use carapace_disk::gpt::{self, Guid, Partition};
+use carapace_disk::partition_node::partition_node_name;
+use carapace_disk::root_hash::RootHash;
+use carapace_disk::verity::{FitError, Superblock, SuperblockError, TableError};
 use rustix::mount::MountFlags;
 use std::fmt;
 use std::io;
@@ -69,16 +71,6 @@ pub fn is_whole_disk(name: &str) -> bool {
     ["vd", "sd", "xvd"]
         .iter()
         .any(|p| name.strip_prefix(p).is_some_and(letters))
-}
-
-/// The kernel's name for partition `number` of `disk`: `vda2`, but
-/// `nvme0n1p2` and `mmcblk0p2` when the disk's name ends in a digit.
-pub fn partition_node_name(disk: &str, number: u32) -> String {
-    if disk.ends_with(|c: char| c.is_ascii_digit()) {
-        format!("{disk}p{number}")
-    } else {
-        format!("{disk}{number}")
-    }
 }
 
 /// Parses a sysfs `dev` file: `major:minor`.
@@ -554,7 +546,7 @@ fn boot() -> Result<std::convert::Infallible, Stage1Error> {
     let target = crate::dm::Target {
         start: 0,
         sectors: table.sectors,
-        kind: crate::verity::TARGET,
+        kind: carapace_disk::verity::TARGET,
         params: &table.params,
     };
     let dm = crate::dm::create_read_only(VERITY_NAME, &target).map_err(|err| Stage1Error::Dm {
@@ -745,7 +737,7 @@ fn partition_device(
 
 fn read_superblock(dev: &str) -> Result<Superblock, Stage1Error> {
     use std::io::Read;
-    let mut bytes = [0u8; crate::verity::SUPERBLOCK_SIZE];
+    let mut bytes = [0u8; carapace_disk::verity::SUPERBLOCK_SIZE];
     std::fs::File::open(dev)
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|err| Stage1Error::ReadSuperblock {
@@ -839,10 +831,20 @@ fn remove_tree(dir: &Path, dev: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt::tests::{DISK_4096, DISK_512, ROOT_HASH_4096, ROOT_HASH_512};
-
-    const REPART_512_SB: &[u8] = include_bytes!("../testdata/repart-512.verity-superblock.bin");
-    const REPART_4096_SB: &[u8] = include_bytes!("../testdata/repart-4096.verity-superblock.bin");
+    // Disks made by systemd-repart, as carapace-disk's tests read them
+    // (crates/carapace-disk/testdata/make-fixtures.sh).
+    const DISK_512: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-512.head.bin");
+    const ROOT_HASH_512: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-512.roothash");
+    const DISK_4096: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-4096.head.bin");
+    const ROOT_HASH_4096: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-4096.roothash");
+    const REPART_512_SB: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-512.verity-superblock.bin");
+    const REPART_4096_SB: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-4096.verity-superblock.bin");
 
     fn disk(name: &str, sector_size: u64, bytes: &[u8]) -> Disk {
         Disk {
@@ -1066,11 +1068,7 @@ mod tests {
     }
 
     #[test]
-    fn partition_nodes_follow_the_kernel_naming() {
-        assert_eq!(partition_node_name("vda", 2), "vda2");
-        assert_eq!(partition_node_name("sdb", 12), "sdb12");
-        assert_eq!(partition_node_name("nvme0n1", 3), "nvme0n1p3");
-        assert_eq!(partition_node_name("mmcblk0", 1), "mmcblk0p1");
+    fn sysfs_dev_files_give_major_and_minor() {
         assert_eq!(parse_dev("259:3\n"), Some((259, 3)));
         assert_eq!(parse_dev("259"), None);
         assert_eq!(parse_dev("a:b"), None);

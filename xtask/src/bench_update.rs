@@ -69,7 +69,7 @@ fn verify_throughput(bundle: &Path, work: &Path) -> Result<String> {
     let mut theirs = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        carapace_init::verity_tree::verify(std::fs::File::open(&data)?, &hash_image, &roothash)
+        carapace_disk::verity_tree::verify(std::fs::File::open(&data)?, &hash_image, &roothash)
             .map_err(|e| anyhow::anyhow!("our verifier refused the bundle: {e}"))?;
         ours.push(t.elapsed());
         let t = Instant::now();

@@ -5,19 +5,22 @@
 //! From the disk image it takes slot A — the first partition of type
 //! root-x86-64 and the first of type root-x86-64-verity — and:
 //!
-//! - reads `roothash=` from the UKI's `.cmdline` PE section and refuses to
-//!   go on unless slot A's partition UUIDs are its two halves (the disk and
-//!   the UKI come from the same build);
-//! - parses the verity superblock (`carapace_init::verity`) and takes the
+//! - reads `roothash=` from the UKI's `.cmdline` PE section
+//!   (`carapace_disk::pe`) and refuses to go on unless slot A's partition
+//!   UUIDs are its two halves (the disk and the UKI come from the same
+//!   build);
+//! - parses the verity superblock (`carapace_disk::verity`) and takes the
 //!   hash device as long as the superblock says: the superblock block plus
 //!   the tree whose size follows from data blocks, block sizes and digest
 //!   size, exactly as the kernel lays it out (and as `veritysetup dump`
 //!   reports "Hash device size"). The alternative, cutting at the last
 //!   non-zero block, is a guess about the content: it would ship whatever
 //!   stale bytes followed the tree;
-//! - rebuilds the whole hash tree from the data and compares it, level by
-//!   level, with the hash partition, and its top with the root hash: a
-//!   bundle that would fail on the node is never published;
+//! - rebuilds the whole hash tree from the data with the node's own
+//!   verifier (`carapace_disk::verity_tree`, which also checks that tree
+//!   size against the superblock's) and compares it, block by block, with
+//!   the hash partition, and its top with the root hash: a bundle that
+//!   would fail on the node is never published;
 //! - stores the data area without its trailing all-zero 4096-byte blocks
 //!   (the node writes zeros for the rest).
 //!
@@ -40,9 +43,11 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use carapace_bundle::{Index, Manifest, Part, RootPart, SigningKey, Version};
-use carapace_init::cmdline::RootHash;
-use carapace_init::gpt::{self, types, Partition};
-use carapace_init::verity::{Algorithm, Superblock, SUPERBLOCK_SIZE};
+use carapace_disk::gpt::{self, types, Partition};
+use carapace_disk::pe;
+use carapace_disk::root_hash::RootHash;
+use carapace_disk::verity::{Algorithm, Superblock, SUPERBLOCK_SIZE};
+use carapace_disk::verity_tree::{self, TreeParams};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -192,18 +197,26 @@ pub fn bundle(
         slot.verity.size_bytes(slot.sector_size),
     )?;
     let hash_bytes = sb.hash_device_bytes();
+    // The tree as the node rebuilds it: the same format and the same size
+    // as the superblock's arithmetic (the kernel's) gives.
+    let params = TreeParams::from_superblock(&sb)
+        .with_context(|| format!("verity partition {}", slot.verity.number))?;
+    ensure!(
+        params.hash_device_bytes() == hash_bytes,
+        "the verity tree takes {} bytes as the node builds it, {hash_bytes} by the superblock's arithmetic",
+        params.hash_device_bytes()
+    );
     let mut hash_image = vec![0u8; usize::try_from(hash_bytes)?];
     disk.read_exact_at(&mut hash_image, hash_offset)
         .context("cannot read the verity hash tree")?;
 
-    // One pass over the data: where the trailing zeros start, and the
-    // digests of the data blocks, from which the tree is rebuilt.
+    // One pass over the data: the tree rebuilt and compared, and where the
+    // trailing zeros start.
     let data_bytes = sb.data_bytes();
     disk.seek(SeekFrom::Start(data_offset))?;
-    let scan = scan_data(&mut (&disk).take(data_bytes), &sb)?;
-    verify_tree(&sb, &scan.block_digests, &hash_image, &root)
+    let last_nonzero_end = check_tree((&disk).take(data_bytes), &hash_image, &root)
         .context("the disk's verity data does not match the UKI's root hash")?;
-    let stored_bytes = trimmed_len(scan.last_nonzero_end, data_bytes);
+    let stored_bytes = trimmed_len(last_nonzero_end, data_bytes);
 
     // Write the parts into a staging directory.
     fs::create_dir_all(source_dir)
@@ -379,60 +392,9 @@ impl SlotA {
 
 /// The `roothash=` of a UKI: the command line is the PE section `.cmdline`.
 fn uki_roothash(uki: &[u8]) -> Result<RootHash> {
-    let section = pe_section(uki, b".cmdline")?.context("the UKI has no .cmdline section")?;
-    let end = section
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(section.len());
-    let cmdline =
-        std::str::from_utf8(&section[..end]).context("the UKI's command line is not UTF-8")?;
+    let cmdline = pe::uki_cmdline(uki)?;
     carapace_init::cmdline::roothash(cmdline)
         .with_context(|| format!("the UKI's command line {:?}", cmdline.trim_end()))
-}
-
-/// The content of the PE section called `name` (at most its virtual size:
-/// the raw data is padded to the file alignment).
-fn pe_section<'a>(pe: &'a [u8], name: &[u8]) -> Result<Option<&'a [u8]>> {
-    let u16_at = |off: usize| -> Result<u16> {
-        let b = pe.get(off..off + 2).context("the PE file is truncated")?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u32_at = |off: usize| -> Result<u32> {
-        let b = pe.get(off..off + 4).context("the PE file is truncated")?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    ensure!(pe.starts_with(b"MZ"), "not a PE file (no MZ header)");
-    let coff = usize::try_from(u32_at(0x3c)?)?;
-    ensure!(
-        pe.get(coff..coff + 4) == Some(&b"PE\0\0"[..]),
-        "not a PE file (no PE signature)"
-    );
-    let sections = usize::from(u16_at(coff + 6)?);
-    let optional_header = usize::from(u16_at(coff + 20)?);
-    let table = coff + 24 + optional_header;
-    for i in 0..sections {
-        let entry = table + 40 * i;
-        let raw_name = pe
-            .get(entry..entry + 8)
-            .context("the PE file is truncated")?;
-        let len = raw_name.iter().position(|&b| b == 0).unwrap_or(8);
-        if &raw_name[..len] != name {
-            continue;
-        }
-        let virtual_size = usize::try_from(u32_at(entry + 8)?)?;
-        let raw_size = usize::try_from(u32_at(entry + 16)?)?;
-        let raw_offset = usize::try_from(u32_at(entry + 20)?)?;
-        let size = if virtual_size == 0 {
-            raw_size
-        } else {
-            virtual_size.min(raw_size)
-        };
-        let data = pe
-            .get(raw_offset..raw_offset.saturating_add(size))
-            .context("a PE section lies past the end of the file")?;
-        return Ok(Some(data));
-    }
-    Ok(None)
 }
 
 /// Refuses a disk whose slot A partition UUIDs are not the halves of the
@@ -465,46 +427,37 @@ fn check_slot_names_roothash(
     Ok(())
 }
 
-/// What one pass over the data area found.
-struct DataScan {
-    /// The end of the last non-zero byte (0 if all is zero).
-    last_nonzero_end: u64,
-    /// The salted digest of every data block, in order.
-    block_digests: Vec<[u8; 32]>,
+/// Checks the data area (exactly the `data_bytes` the superblock covers,
+/// read once) and the hash image against `root` with the node's own
+/// verifier, so a bundle the node would refuse is never made; returns where
+/// the data's last non-zero byte ends (0 if all of it is zero).
+fn check_tree(data: impl Read, hash_image: &[u8], root: &[u8; 32]) -> Result<u64> {
+    let mut data = NonZeroEnd {
+        inner: data,
+        read: 0,
+        last_nonzero_end: 0,
+    };
+    verity_tree::verify(&mut data, hash_image, root)?;
+    Ok(data.last_nonzero_end)
 }
 
-/// Reads the data area (exactly `sb.data_bytes()`) once.
-fn scan_data(data: &mut impl Read, sb: &Superblock) -> Result<DataScan> {
-    let block = sb.data_block_size as usize;
-    let total = sb.data_bytes();
-    let zero_digest = salted(sb, &vec![0u8; block]);
-    let mut block_digests = Vec::with_capacity(usize::try_from(sb.data_blocks)?);
-    let mut buf = vec![0u8; CHUNK];
-    let mut at = 0u64;
-    let mut last_nonzero_end = 0u64;
-    while at < total {
-        let n = usize::try_from((total - at).min(CHUNK as u64))?;
-        let chunk = &mut buf[..n];
-        data.read_exact(chunk)
-            .with_context(|| format!("cannot read the root data at byte {at} of {total}"))?;
-        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
-            last_nonzero_end = at + i as u64 + 1;
+/// A reader that notes where the last non-zero byte read through it ends.
+struct NonZeroEnd<R> {
+    inner: R,
+    read: u64,
+    last_nonzero_end: u64,
+}
+
+impl<R: Read> Read for NonZeroEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let got = &buf[..n.min(buf.len())];
+        if let Some(i) = got.iter().rposition(|&b| b != 0) {
+            self.last_nonzero_end = self.read + i as u64 + 1;
         }
-        // n is a multiple of the block size: the chunk is, and so is the total.
-        for b in chunk.chunks(block) {
-            let digest = if b.iter().all(|&x| x == 0) {
-                zero_digest
-            } else {
-                salted(sb, b)
-            };
-            block_digests.push(digest);
-        }
-        at += n as u64;
+        self.read += got.len() as u64;
+        Ok(n)
     }
-    Ok(DataScan {
-        last_nonzero_end,
-        block_digests,
-    })
 }
 
 /// The stored size of a data area of `data_bytes` whose last non-zero byte
@@ -515,107 +468,6 @@ fn trimmed_len(last_nonzero_end: u64, data_bytes: u64) -> u64 {
         .div_ceil(ZERO_BLOCK)
         .saturating_mul(ZERO_BLOCK)
         .min(data_bytes)
-}
-
-/// A verity digest of one block: the salt first for hash type 1, last for
-/// type 0 (the Chromium OS format), as the kernel's verity_hash does.
-fn salted(sb: &Superblock, block: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    if sb.hash_type == 1 {
-        h.update(&sb.salt);
-        h.update(block);
-    } else {
-        h.update(block);
-        h.update(&sb.salt);
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(h.finalize().as_slice());
-    out
-}
-
-/// Rebuilds the hash tree from the data blocks' digests and compares every
-/// level with `hash_image` (superblock + tree) and the top with `root`.
-///
-/// Layout (the kernel's, Documentation/admin-guide/device-mapper/verity.rst
-/// and dm-verity-target.c): level 0 holds the digests of the data blocks,
-/// each level above the digests of the blocks below, `hash_block_size / 32`
-/// digests per block (zero-padded); the levels are stored top first,
-/// starting at hash block `hash_start_block` (1: after the superblock); the
-/// root hash is the digest of the single top block — or of the only data
-/// block when there is just one.
-fn verify_tree(
-    sb: &Superblock,
-    block_digests: &[[u8; 32]],
-    hash_image: &[u8],
-    root: &[u8; 32],
-) -> Result<()> {
-    ensure!(
-        sb.algorithm == Algorithm::Sha256,
-        "only SHA-256 trees are checked"
-    );
-    ensure!(
-        block_digests.len() as u64 == sb.data_blocks,
-        "{} data blocks read, the superblock says {}",
-        block_digests.len(),
-        sb.data_blocks
-    );
-    let hbs = sb.hash_block_size as usize;
-    let per_block = hbs / 32;
-    // Blocks per level, bottom first, as many levels as the kernel makes.
-    let mut counts = Vec::new();
-    let mut n = sb.data_blocks;
-    while n > 1 {
-        n = n.div_ceil(per_block as u64);
-        counts.push(n);
-    }
-    ensure!(
-        counts.iter().sum::<u64>() == sb.hash_tree_blocks(),
-        "tree of {counts:?} blocks per level, the superblock arithmetic says {}",
-        sb.hash_tree_blocks()
-    );
-    // Where each level starts, in hash blocks: the top level first.
-    let mut starts = vec![0u64; counts.len()];
-    let mut position = sb.hash_start_block();
-    for level in (0..counts.len()).rev() {
-        starts[level] = position;
-        position += counts[level];
-    }
-    ensure!(
-        position.saturating_mul(sb.hash_block_size as u64) == hash_image.len() as u64,
-        "the tree ends at hash block {position}, the hash image has {} bytes",
-        hash_image.len()
-    );
-    let mut digests: Vec<[u8; 32]> = block_digests.to_vec();
-    for (level, &start) in starts.iter().enumerate() {
-        let mut next = Vec::with_capacity(digests.len().div_ceil(per_block));
-        for (i, group) in digests.chunks(per_block).enumerate() {
-            let mut block = vec![0u8; hbs];
-            for (slot, d) in block.chunks_exact_mut(32).zip(group) {
-                slot.copy_from_slice(d);
-            }
-            let at = usize::try_from(start)? * hbs + i * hbs;
-            let stored = hash_image
-                .get(at..at + hbs)
-                .context("the hash image is shorter than the tree")?;
-            ensure!(
-                stored == block.as_slice(),
-                "hash block {} (level {level}) differs from the digests of the data",
-                start + i as u64
-            );
-            next.push(salted(sb, &block));
-        }
-        digests = next;
-    }
-    ensure!(
-        digests.len() == 1 && &digests[0] == root,
-        "the top of the tree hashes to {}, the root hash is {}",
-        digests
-            .first()
-            .map(|d| carapace_bundle::to_hex(d))
-            .unwrap_or_default(),
-        carapace_bundle::to_hex(root)
-    );
-    Ok(())
 }
 
 /// Copies exactly `len` bytes from `from` into `dir/name`, hashing them.
@@ -757,16 +609,26 @@ fn read_index(bytes: &[u8]) -> Result<Index> {
 mod tests {
     use super::*;
 
-    const DISK_512: &[u8] = include_bytes!("../../init/testdata/repart-512.head.bin");
-    const SFDISK_512: &str = include_str!("../../init/testdata/repart-512.sfdisk.json");
-    const ROOT_HASH_512: &str = include_str!("../../init/testdata/repart-512.roothash");
-    const DISK_4096: &[u8] = include_bytes!("../../init/testdata/repart-4096.head.bin");
-    const SFDISK_4096: &str = include_str!("../../init/testdata/repart-4096.sfdisk.json");
-    const ROOT_HASH_4096: &str = include_str!("../../init/testdata/repart-4096.roothash");
-    const SB_4096: &[u8] = include_bytes!("../../init/testdata/repart-4096.verity-superblock.bin");
-    const DUMP_4096: &str = include_str!("../../init/testdata/repart-4096.veritysetup-dump.txt");
-    const SB_512: &[u8] = include_bytes!("../../init/testdata/repart-512.verity-superblock.bin");
-    const DUMP_512: &str = include_str!("../../init/testdata/repart-512.veritysetup-dump.txt");
+    const DISK_512: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-512.head.bin");
+    const SFDISK_512: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-512.sfdisk.json");
+    const ROOT_HASH_512: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-512.roothash");
+    const DISK_4096: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-4096.head.bin");
+    const SFDISK_4096: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-4096.sfdisk.json");
+    const ROOT_HASH_4096: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-4096.roothash");
+    const SB_4096: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-4096.verity-superblock.bin");
+    const DUMP_4096: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-4096.veritysetup-dump.txt");
+    const SB_512: &[u8] =
+        include_bytes!("../../crates/carapace-disk/testdata/repart-512.verity-superblock.bin");
+    const DUMP_512: &str =
+        include_str!("../../crates/carapace-disk/testdata/repart-512.veritysetup-dump.txt");
 
     fn slot_of(head: &[u8], sector: usize) -> (Partition, Partition) {
         let parts = gpt::parse(head, sector).expect("gpt");
@@ -878,9 +740,23 @@ mod tests {
         }
     }
 
+    /// A verity digest of one block: the salt first for hash type 1, last
+    /// for type 0 (the Chromium OS format), as the kernel's verity_hash does.
+    fn salted(sb: &Superblock, block: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        if sb.hash_type == 1 {
+            h.update(&sb.salt);
+            h.update(block);
+        } else {
+            h.update(block);
+            h.update(&sb.salt);
+        }
+        h.finalize().into()
+    }
+
     /// Builds data and its hash image the way veritysetup would, written
-    /// independently of `verify_tree`: level by level into a map keyed by
-    /// level, then laid out top first.
+    /// independently of the verifier: level by level into a map keyed by
+    /// level, then laid out top first after the superblock.
     fn build(sb: &Superblock, data: &[u8]) -> (Vec<u8>, [u8; 32]) {
         let mut levels: Vec<Vec<u8>> = Vec::new();
         let mut digests: Vec<[u8; 32]> = data.chunks(512).map(|b| salted(sb, b)).collect();
@@ -894,8 +770,12 @@ mod tests {
             digests = level.iter().map(|b| salted(sb, b)).collect();
             levels.push(level.concat());
         }
-        let mut image = vec![0u8; 512];
-        image[..8].copy_from_slice(b"verity\0\0");
+        let mut image = TreeParams::new(512, 512, sb.data_blocks, sb.salt.clone(), sb.uuid)
+            .expect("params")
+            .superblock_bytes()
+            .to_vec();
+        image[12..16].copy_from_slice(&sb.hash_type.to_le_bytes());
+        assert_eq!(Superblock::parse(&image).as_ref(), Ok(sb));
         for level in levels.iter().rev() {
             image.extend_from_slice(level);
         }
@@ -913,17 +793,16 @@ mod tests {
     #[test]
     fn the_tree_check_accepts_a_right_tree_and_refuses_any_change() {
         // 1 block (no tree), 16 (one level), 17 and 300 (two and three levels).
-        for (blocks, hash_type) in [(1, 1), (16, 1), (17, 1), (300, 1), (300, 0)] {
-            let sb = small_sb(blocks as u64, hash_type);
+        for blocks in [1, 16, 17, 300] {
+            let sb = small_sb(blocks as u64, 1);
             let data = data_of(blocks);
             let (image, root) = build(&sb, &data);
             assert_eq!(image.len() as u64, sb.hash_device_bytes(), "{blocks}");
-            let scan = scan_data(&mut data.as_slice(), &sb).expect("scan");
-            assert_eq!(scan.last_nonzero_end, (blocks * 512 / 3) as u64);
-            verify_tree(&sb, &scan.block_digests, &image, &root).expect("right tree");
+            let last_nonzero_end = check_tree(data.as_slice(), &image, &root).expect("right tree");
+            assert_eq!(last_nonzero_end, (blocks * 512 / 3) as u64);
             let mut wrong_root = root;
             wrong_root[0] ^= 1;
-            assert!(verify_tree(&sb, &scan.block_digests, &image, &wrong_root).is_err());
+            assert!(check_tree(data.as_slice(), &image, &wrong_root).is_err());
             // The first and last byte of the tree (there is none for one block).
             let tree = if image.len() > 512 {
                 vec![512, image.len() - 1]
@@ -934,48 +813,53 @@ mod tests {
                 let mut bad = image.clone();
                 bad[at] ^= 1;
                 assert!(
-                    verify_tree(&sb, &scan.block_digests, &bad, &root).is_err(),
+                    check_tree(data.as_slice(), &bad, &root).is_err(),
                     "{blocks} blocks, byte {at}"
                 );
             }
             let mut bad_data = data.clone();
             bad_data[0] ^= 1;
-            let scan = scan_data(&mut bad_data.as_slice(), &sb).expect("scan");
-            assert!(verify_tree(&sb, &scan.block_digests, &image, &root).is_err());
+            assert!(check_tree(bad_data.as_slice(), &image, &root).is_err());
         }
+    }
+
+    #[test]
+    fn a_tree_the_node_cannot_check_is_refused() {
+        // Right by the Chromium OS format's rule, but the node's verifier
+        // knows only hash type 1: such a bundle would fail on every node.
+        let sb = small_sb(300, 0);
+        let data = data_of(300);
+        let (image, root) = build(&sb, &data);
+        let err = check_tree(data.as_slice(), &image, &root).expect_err("hash type 0");
+        assert!(format!("{err:#}").contains("hash type 0"), "{err:#}");
+    }
+
+    #[test]
+    fn the_end_of_the_data_is_found_across_reads() {
+        // 300 blocks are read in several chunks; the last non-zero byte is
+        // far from the first one.
+        let sb = small_sb(300, 1);
+        let mut data = data_of(300);
+        data[100_000] = 0xff;
+        let (image, root) = build(&sb, &data);
+        assert_eq!(
+            check_tree(data.as_slice(), &image, &root).expect("right"),
+            100_001
+        );
+        let zeros = vec![0u8; 300 * 512];
+        let (image, root) = build(&sb, &zeros);
+        assert_eq!(
+            check_tree(zeros.as_slice(), &image, &root).expect("right"),
+            0
+        );
     }
 
     #[test]
     fn a_short_data_area_is_an_error() {
         let sb = small_sb(4, 1);
+        let (image, root) = build(&sb, &[1u8; 4 * 512]);
         let data = vec![1u8; 3 * 512];
-        assert!(scan_data(&mut data.as_slice(), &sb).is_err());
-    }
-
-    /// A minimal PE file: MZ header, PE signature, COFF header with no
-    /// optional header, and the given sections.
-    fn pe_with(sections: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let coff = 0x40usize;
-        let table = coff + 24;
-        let mut data_at = table + 40 * sections.len();
-        let mut pe = vec![0u8; data_at];
-        pe[..2].copy_from_slice(b"MZ");
-        pe[0x3c..0x40].copy_from_slice(&(coff as u32).to_le_bytes());
-        pe[coff..coff + 4].copy_from_slice(b"PE\0\0");
-        pe[coff + 6..coff + 8].copy_from_slice(&(sections.len() as u16).to_le_bytes());
-        for (i, (name, content)) in sections.iter().enumerate() {
-            let e = table + 40 * i;
-            pe[e..e + name.len()].copy_from_slice(name);
-            let raw = content.len().div_ceil(512) * 512;
-            pe[e + 8..e + 12].copy_from_slice(&(content.len() as u32).to_le_bytes());
-            pe[e + 16..e + 20].copy_from_slice(&(raw as u32).to_le_bytes());
-            pe[e + 20..e + 24].copy_from_slice(&(data_at as u32).to_le_bytes());
-            pe.resize(data_at, 0);
-            pe.extend_from_slice(content);
-            pe.resize(data_at + raw, 0);
-            data_at += raw;
-        }
-        pe
+        assert!(check_tree(data.as_slice(), &image, &root).is_err());
     }
 
     #[test]
@@ -985,19 +869,19 @@ mod tests {
         // Another section mentions a roothash too (the initrd holds our own
         // binary's strings): only .cmdline counts.
         let decoy = format!("roothash={}", "0".repeat(64));
-        let pe = pe_with(&[
-            (b".linux", b"kernel"),
-            (b".initrd", decoy.as_bytes()),
-            (b".cmdline", cmdline.as_bytes()),
+        let pe = pe::minimal_image(&[
+            (".linux", b"kernel"),
+            (".initrd", decoy.as_bytes()),
+            (".cmdline", cmdline.as_bytes()),
         ]);
         assert_eq!(uki_roothash(&pe).expect("found").to_hex(), hash);
     }
 
     #[test]
     fn a_uki_without_roothash_is_refused() {
-        let pe = pe_with(&[(b".cmdline", b"console=ttyS0")]);
+        let pe = pe::minimal_image(&[(".cmdline", b"console=ttyS0")]);
         assert!(uki_roothash(&pe).is_err());
-        let pe = pe_with(&[(b".linux", b"kernel")]);
+        let pe = pe::minimal_image(&[(".linux", b"kernel")]);
         let err = uki_roothash(&pe).expect_err("no cmdline");
         assert!(
             format!("{err:#}").contains("no .cmdline section"),
@@ -1005,7 +889,7 @@ mod tests {
         );
         assert!(uki_roothash(b"not a PE").is_err());
         assert!(uki_roothash(b"MZ").is_err());
-        let mut truncated = pe_with(&[(b".cmdline", b"roothash=00")]);
+        let mut truncated = pe::minimal_image(&[(".cmdline", b"roothash=00")]);
         truncated.truncate(0x50);
         assert!(uki_roothash(&truncated).is_err());
     }

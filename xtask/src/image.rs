@@ -128,15 +128,15 @@ pub fn check_reproducible(root: &Path, variant: Variant) -> Result<String> {
     let second = build_in(root, variant, &again)?;
     let slot_a = |image: &Image| -> Result<(String, Vec<u8>, Vec<u8>)> {
         let mut disk = std::fs::File::open(&image.disk)?;
-        let (_, parts) = carapace_init::gpt::read(&mut disk, 512)
+        let (_, parts) = carapace_disk::gpt::read(&mut disk, 512)
             .map_err(|e| anyhow::anyhow!("{}: {e}", image.disk.display()))?;
         let find = |t| {
-            carapace_init::gpt::partition_by_type(&parts, &t)
+            carapace_disk::gpt::partition_by_type(&parts, &t)
                 .cloned()
                 .context("slot A is missing")
         };
-        let data = find(carapace_init::gpt::types::ROOT_X86_64)?;
-        let verity = find(carapace_init::gpt::types::ROOT_VERITY_X86_64)?;
+        let data = find(carapace_disk::gpt::types::ROOT_X86_64)?;
+        let verity = find(carapace_disk::gpt::types::ROOT_VERITY_X86_64)?;
         let roothash = format!(
             "{}{}",
             crate::reverity::hex(&data.unique_guid.0),
@@ -358,14 +358,15 @@ fn install_uki(
     kernel: &kernel::Kernel,
     initrd: &[u8],
     old_new: (
-        &carapace_init::cmdline::RootHash,
-        &carapace_init::cmdline::RootHash,
+        &carapace_disk::root_hash::RootHash,
+        &carapace_disk::root_hash::RootHash,
     ),
 ) -> Result<()> {
     let out_dir = uki.parent().context("the UKI has a directory")?;
     let theirs = std::fs::read(uki).with_context(|| format!("cannot read {}", uki.display()))?;
     let text = |section: &str| -> Result<String> {
-        let bytes = crate::uki::section(&theirs, section)?
+        let bytes = carapace_disk::pe::section(&theirs, section)
+            .map_err(|e| anyhow::anyhow!("mkosi's UKI: {e}"))?
             .with_context(|| format!("mkosi's UKI has no {section} section"))?;
         Ok(String::from_utf8_lossy(bytes)
             .trim_end_matches('\0')
@@ -403,9 +404,9 @@ fn install_uki(
     std::fs::remove_file(&stub_path)?;
 
     let mut file = std::fs::File::open(disk)?;
-    let (_, parts) = carapace_init::gpt::read(&mut file, 512)
+    let (_, parts) = carapace_disk::gpt::read(&mut file, 512)
         .map_err(|e| anyhow::anyhow!("{}: {e}", disk.display()))?;
-    let esp = carapace_init::gpt::partition_by_type(&parts, &carapace_init::gpt::types::ESP)
+    let esp = carapace_disk::gpt::partition_by_type(&parts, &carapace_disk::gpt::types::ESP)
         .context("the disk has no ESP")?;
     let image = format!("{}@@{}", disk.display(), esp.first_lba * 512);
     let target = format!("::EFI/Linux/{name}");

@@ -12,10 +12,10 @@
 //! assembled by [`crate::uki`].
 
 use anyhow::{ensure, Context, Result};
-use carapace_init::cmdline::RootHash;
-use carapace_init::gpt::{self, types, Guid};
-use carapace_init::verity::Superblock;
-use carapace_init::verity_tree::{TreeBuilder, TreeParams};
+use carapace_disk::gpt::{self, types, Guid};
+use carapace_disk::root_hash::RootHash;
+use carapace_disk::verity::Superblock;
+use carapace_disk::verity_tree::{TreeBuilder, TreeParams};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -79,12 +79,11 @@ pub fn rehash(disk_path: &Path) -> Result<(RootHash, RootHash)> {
     let verity = gpt::partition_by_type(&parts, &types::ROOT_VERITY_X86_64)
         .context("the disk has no root verity partition")?
         .clone();
-    let old = RootHash::from_hex(&format!(
-        "{}{}",
-        hex(&data.unique_guid.0),
-        hex(&verity.unique_guid.0)
-    ))
-    .map_err(|e| anyhow::anyhow!("slot A's partition UUIDs: {e}"))?;
+    // The root hash slot A's partition UUIDs are the halves of.
+    let mut old = [0u8; 32];
+    old[..16].copy_from_slice(&data.unique_guid.0);
+    old[16..].copy_from_slice(&verity.unique_guid.0);
+    let old = RootHash::from(old);
 
     let mut head = vec![0u8; 4096];
     disk.seek(SeekFrom::Start(verity.first_lba * SECTOR))?;
@@ -136,8 +135,7 @@ pub fn rehash(disk_path: &Path) -> Result<(RootHash, RootHash)> {
     disk.seek(SeekFrom::Start(verity.first_lba * SECTOR))?;
     disk.write_all(&image)?;
 
-    let new = RootHash::from_hex(&hex(&tree.root_hash))
-        .map_err(|e| anyhow::anyhow!("the new root hash: {e}"))?;
+    let new = RootHash::from(tree.root_hash);
     for (part, uuid) in [
         (&data, new.data_partition_uuid()),
         (&verity, new.hash_partition_uuid()),

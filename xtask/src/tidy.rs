@@ -1,6 +1,7 @@
 //! Tidy checks that plain `cargo test` enforces on the whole repository:
-//! every Rust file opens with a `//!` doc, every top-level directory is on the
-//! map in ARCHITECTURE.md, and no test is marked to be ignored.
+//! every Rust file opens with a `//!` doc, every top-level directory (and
+//! every crate under `crates/`) is on the map in ARCHITECTURE.md, and no
+//! test is marked to be ignored.
 
 #[cfg(test)]
 mod tests {
@@ -23,7 +24,7 @@ mod tests {
     fn all_rust_files() -> Vec<PathBuf> {
         let root = crate::workspace_root();
         let mut files = Vec::new();
-        for dir in ["init", "agents", "xtask", "qemu-tests"] {
+        for dir in ["init", "crates", "agents", "xtask", "qemu-tests"] {
             rust_files(&root.join(dir), &mut files);
         }
         files.retain(|p| !p.components().any(|c| c.as_os_str() == "target"));
@@ -64,6 +65,15 @@ mod tests {
             assert!(
                 map.contains(&format!("`{dir}/`")),
                 "ARCHITECTURE.md describes {dir}/"
+            );
+        }
+        // The shared libraries under crates/: each by its own path.
+        let crates = std::fs::read_dir(root.join("crates")).expect("crates/");
+        for entry in crates.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(
+                map.contains(&format!("`crates/{name}/`")),
+                "ARCHITECTURE.md describes crates/{name}/"
             );
         }
     }

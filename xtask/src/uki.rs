@@ -248,23 +248,6 @@ pub fn assemble(stub: &[u8], parts: &Parts) -> Result<Vec<u8>> {
     Ok(pe)
 }
 
-/// The bytes of section `name` (up to its virtual size).
-pub fn section<'a>(pe: &'a [u8], name: &str) -> Result<Option<&'a [u8]>> {
-    let at = layout(pe)?;
-    for s in section_headers(pe, &at)? {
-        if name_of(&s) != name {
-            continue;
-        }
-        let start = usize::try_from(s.pointer_to_raw_data.get(LE))?;
-        let len = s.virtual_size.get(LE).min(s.size_of_raw_data.get(LE));
-        return pe
-            .get(start..start + usize::try_from(len)?)
-            .map(Some)
-            .context("a section lies past the end of the file");
-    }
-    Ok(None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,16 +309,19 @@ mod tests {
             },
         )
         .expect("assemble");
-        assert_eq!(
-            section(&uki, ".cmdline").expect("pe"),
-            Some(&b"console=ttyS0 roothash=ab\0"[..])
-        );
-        assert_eq!(section(&uki, ".linux").expect("pe"), Some(&kernel[..]));
-        assert_eq!(section(&uki, ".uname").expect("pe"), Some(&b"6.12.117"[..]));
-        assert_eq!(
-            section(&uki, ".text").expect("pe").map(<[u8]>::len),
-            Some(0x300)
-        );
+        // Each section holds its content, then the file alignment's zeros.
+        let holds = |name: &str, content: &[u8]| {
+            let data = carapace_disk::pe::section(&uki, name)
+                .expect("a PE image")
+                .unwrap_or_else(|| panic!("no {name} section"));
+            assert!(data.starts_with(content), "{name}");
+            assert!(data[content.len()..].iter().all(|&b| b == 0), "{name}");
+        };
+        holds(".cmdline", b"console=ttyS0 roothash=ab\0");
+        holds(".linux", &kernel);
+        holds(".uname", b"6.12.117");
+        holds(".osrel", b"ID=carapace\n");
+        holds(".initrd", &[7u8; 3000]);
         check_layout(&uki).expect("no overlap");
         let at = layout(&uki).expect("layout");
         assert_eq!(at.sections, 7);

@@ -32,7 +32,10 @@ use crate::slots::{self, Slot, Slots};
 use crate::staged::{self, Record};
 use crate::status::{State, Status};
 use carapace_bundle::{Manifest, PartHasher};
-use carapace_init::gpt::{self, Guid};
+use carapace_disk::gpt::{self, Guid};
+use carapace_disk::partition_node::partition_node_name;
+use carapace_disk::root_hash::RootHash;
+use carapace_disk::verity_tree;
 use semver::Version;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -111,11 +114,14 @@ fn parse_hash(hex: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-/// The GUID whose canonical bytes are `bytes` (how stage 1 compares them).
-fn guid_of(bytes: &[u8]) -> Guid {
-    let mut g = [0u8; 16];
-    g.copy_from_slice(&bytes[..16]);
-    Guid(g)
+/// The partition UUIDs of the slot that holds `roothash`, data and verity
+/// (the halves of the hash, canonical byte order: how stage 1 finds them).
+fn slot_uuids(roothash: &[u8; 32]) -> (Guid, Guid) {
+    let hash = RootHash::from(*roothash);
+    (
+        Guid(hash.data_partition_uuid()),
+        Guid(hash.hash_partition_uuid()),
+    )
 }
 
 /// A version fetched, verified and written, waiting for `apply`.
@@ -269,21 +275,18 @@ impl Engine {
     fn unstage(&self, parts: &[gpt::Partition], slot: &Slot) -> Result<(), String> {
         staged::clear(&self.paths.staged)?;
         let esp = self.esp(parts)?;
-        let hash_prefix: String = slot
-            .data
-            .unique_guid
-            .0
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         esp.with_linux_dir(|dir| {
             let mut doomed = Vec::new();
             for name in esp::list(dir)? {
                 if Entry::parse(&name).is_none() {
                     continue;
                 }
-                let hash = esp::uki_roothash(std::fs::File::open(dir.join(&name))?)?;
-                if hash.is_some_and(|h| h.starts_with(&hash_prefix)) {
+                let uki = std::fs::read(dir.join(&name))?;
+                // A UKI that names no root hash boots no slot (stage 1
+                // refuses it): it does not point at this one.
+                if esp::uki_roothash(&uki)
+                    .is_ok_and(|hash| Guid(hash.data_partition_uuid()) == slot.data.unique_guid)
+                {
                     doomed.push(name);
                 }
             }
@@ -310,8 +313,9 @@ impl Engine {
             let roothash = parse_hash(&manifest.roothash)?;
             let slot = &slots.inactive;
             let label = format!("carapace_{}", manifest.version);
-            if slot.data.unique_guid != guid_of(&roothash[..16])
-                || slot.verity.unique_guid != guid_of(&roothash[16..])
+            let (data_uuid, verity_uuid) = slot_uuids(&roothash);
+            if slot.data.unique_guid != data_uuid
+                || slot.verity.unique_guid != verity_uuid
                 || slot.data.name != label
             {
                 return Err(format!(
@@ -492,10 +496,7 @@ impl Engine {
     fn partition_device(&self, number: u32) -> String {
         let disk = self.disk_device();
         let name = disk.trim_start_matches("/dev/");
-        format!(
-            "/dev/{}",
-            carapace_init::stage1::partition_node_name(name, number)
-        )
+        format!("/dev/{}", partition_node_name(name, number))
     }
 
     fn esp(&self, parts: &[gpt::Partition]) -> Result<Esp, String> {
@@ -611,7 +612,7 @@ impl Engine {
         // Seconds of hashing: off the runtime, which keeps answering D-Bus
         // and sending signals meanwhile.
         let checked = tokio::task::spawn_blocking(move || {
-            carapace_init::verity_tree::verify(data.take(data_bytes), &hash_image, &roothash)
+            verity_tree::verify(data.take(data_bytes), &hash_image, &roothash)
                 .map_err(|e| e.to_string())
         })
         .await
@@ -628,10 +629,11 @@ impl Engine {
         self.enter(State::Writing);
         let naming = std::time::Instant::now();
         let label = format!("carapace_{}", manifest.version);
+        let (data_uuid, verity_uuid) = slot_uuids(&roothash);
         self.set_identity(
             &target,
-            (guid_of(&roothash[..16]), label.clone()),
-            (guid_of(&roothash[16..]), format!("{label}_verity")),
+            (data_uuid, label.clone()),
+            (verity_uuid, format!("{label}_verity")),
         )?;
         staged::save(&self.paths.staged, &record)?;
         println!(
@@ -713,10 +715,12 @@ impl Engine {
             .finish()
             .map_err(|e| format!("{}: {e}", m.uki.file))?;
         self.enter(State::Verifying);
-        let names = esp::uki_roothash(uki.as_slice()).map_err(|e| e.to_string())?;
-        if names.as_deref() != Some(m.roothash.as_str()) {
+        let names = esp::uki_roothash(&uki)
+            .map_err(|e| format!("the UKI of {} names no root hash: {e}", m.version))?
+            .to_hex();
+        if names != m.roothash {
             return Err(format!(
-                "the UKI of {} names root hash {names:?}, the manifest {}",
+                "the UKI of {} names root hash {names}, the manifest {}",
                 m.version, m.roothash
             ));
         }

@@ -4,6 +4,9 @@
 //! Every change is a whole file written under a temporary name, synced and
 //! renamed, then the directory synced: a cut leaves the old or the new name.
 
+use carapace_disk::pe::{self, PeError};
+use carapace_disk::root_hash::RootHash;
+use carapace_init::cmdline::CmdlineError;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -99,16 +102,29 @@ pub fn remove(dir: &Path, names: &[String]) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-/// The root hash a UKI's command line names (`roothash=<64 hex>`), found by
-/// scanning the file: what ties a UKI to a slot.
-pub fn uki_roothash(mut uki: impl Read) -> std::io::Result<Option<String>> {
-    let mut bytes = Vec::new();
-    uki.read_to_end(&mut bytes)?;
-    let needle = b"roothash=";
-    Ok(bytes
-        .windows(needle.len() + 64)
-        .find(|w| w.starts_with(needle) && w[needle.len()..].iter().all(u8::is_ascii_hexdigit))
-        .map(|w| String::from_utf8_lossy(&w[needle.len()..]).to_lowercase()))
+/// Why a UKI names no root hash.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UkiError {
+    /// Not a PE image, no `.cmdline` section, or not text.
+    #[error("{0}")]
+    Pe(#[from] PeError),
+    /// No `roothash=`, more than one, or not a root hash: stage 1 would
+    /// refuse to boot it.
+    #[error("the UKI's command line {cmdline:?}: {error}")]
+    Cmdline {
+        cmdline: String,
+        error: CmdlineError,
+    },
+}
+
+/// The root hash a UKI's command line (its `.cmdline` section) names with
+/// `roothash=`, read as stage 1 reads it: what ties a UKI to a slot.
+pub fn uki_roothash(uki: &[u8]) -> Result<RootHash, UkiError> {
+    let cmdline = pe::uki_cmdline(uki)?;
+    carapace_init::cmdline::roothash(cmdline).map_err(|error| UkiError::Cmdline {
+        cmdline: cmdline.trim_end().to_string(),
+        error,
+    })
 }
 
 #[cfg(test)]
@@ -155,14 +171,54 @@ mod tests {
     #[test]
     fn the_root_hash_is_read_from_the_uki_command_line() {
         let hash = "0123456789abcdef".repeat(4);
-        let uki = format!("MZ\0\0.cmdline\0console=ttyS0 roothash={hash} quiet\0");
+        let cmdline = format!("console=ttyS0 roothash={hash} quiet\0");
+        // Another section mentions a root hash too (the initrd holds our
+        // own binary's strings): only .cmdline counts.
+        let decoy = format!("roothash={}", "f".repeat(64));
+        let uki = pe::minimal_image(&[
+            (".linux", b"kernel"),
+            (".initrd", decoy.as_bytes()),
+            (".cmdline", cmdline.as_bytes()),
+        ]);
+        assert_eq!(uki_roothash(&uki).expect("read").to_hex(), hash);
+    }
+
+    #[test]
+    fn a_uki_that_names_no_root_hash_says_why() {
+        let no_cmdline = pe::minimal_image(&[(".linux", b"kernel")]);
         assert_eq!(
-            uki_roothash(uki.as_bytes()).expect("read"),
-            Some(hash.clone())
+            uki_roothash(&no_cmdline),
+            Err(UkiError::Pe(PeError::NoCmdline))
+        );
+        assert!(matches!(
+            uki_roothash(b"MZ no command line"),
+            Err(UkiError::Pe(PeError::NotPe(_)))
+        ));
+        // The root hash only elsewhere in the file is not the UKI's.
+        let elsewhere = pe::minimal_image(&[
+            (".cmdline", b"console=ttyS0\n"),
+            (".initrd", format!("roothash={}", "f".repeat(64)).as_bytes()),
+        ]);
+        let err = uki_roothash(&elsewhere).expect_err("no roothash=");
+        assert_eq!(
+            err,
+            UkiError::Cmdline {
+                cmdline: "console=ttyS0".into(),
+                error: CmdlineError::Missing
+            }
         );
         assert_eq!(
-            uki_roothash(&b"MZ no command line"[..]).expect("read"),
-            None
+            err.to_string(),
+            "the UKI's command line \"console=ttyS0\": no roothash= on the kernel command line"
         );
+        let twice = format!("roothash={0} roothash={0}", "ab".repeat(32));
+        let twice = pe::minimal_image(&[(".cmdline", twice.as_bytes())]);
+        assert!(matches!(
+            uki_roothash(&twice),
+            Err(UkiError::Cmdline {
+                error: CmdlineError::Repeated,
+                ..
+            })
+        ));
     }
 }

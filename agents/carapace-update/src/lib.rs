@@ -6,7 +6,8 @@
 //!
 //! - `slots` — the two root slots of the boot disk; which one runs.
 //! - `boot_entries` — UKI names and systemd-boot's boot counting, pure.
-//! - `esp` — the EFI system partition, mounted only while it changes.
+//! - `esp` — the EFI system partition, mounted only while it changes, and the
+//!   root hash a UKI names (its `.cmdline` section).
 //! - `efi_vars` — systemd-boot's EFI variables (the one-shot entry of `apply`).
 //! - `staged` — the record of a verified download on /var, so it survives a reboot.
 //! - `fetch` — streaming HTTP GETs from the update source.

@@ -4,7 +4,8 @@
 //! The active slot is the one whose partition UUIDs are the halves of the
 //! running root hash; the other one is where an update goes.
 
-use carapace_init::gpt::{self, types, Partition};
+use carapace_disk::gpt::{self, types, Partition};
+use carapace_disk::root_hash::RootHash;
 
 /// One slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +55,7 @@ pub fn slots(parts: &[Partition], roothash: &[u8; 32]) -> Result<Slots, SlotErro
         data: roots[i].clone(),
         verity: verities[i].clone(),
     };
-    let mut first_half = [0u8; 16];
-    first_half.copy_from_slice(&roothash[..16]);
+    let first_half = RootHash::from(*roothash).data_partition_uuid();
     let running = roots
         .iter()
         .position(|p| p.unique_guid.0 == first_half)

@@ -1,11 +1,12 @@
 #!/bin/sh
-# Regenerates the fixtures of carapace-init's unit tests (gpt, verity,
-# stage1) with the real tools, so that the tests check our parsers against
+# Regenerates the fixtures of carapace-disk's unit tests (gpt, verity,
+# verity_tree; carapace-init's stage1 and xtask's bundle tests include some
+# too) with the real tools, so that the tests check our parsers against
 # what those tools write and read:
 #   systemd-repart 254, sfdisk (util-linux 2.38), veritysetup (cryptsetup 2.6),
 #   mkfs.erofs, mkfs.ext4, mkfs.vfat, losetup.
 # Run as root (systemd-repart and losetup use loop devices), from anywhere:
-#   sudo sh init/testdata/make-fixtures.sh
+#   sudo sh crates/carapace-disk/testdata/make-fixtures.sh
 # The outputs are committed; the tests never run these tools. A rerun gives
 # new root hashes (mkfs.erofs picks a random filesystem UUID), so commit all
 # outputs of one run together.

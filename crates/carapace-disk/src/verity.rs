@@ -378,7 +378,7 @@ mod tests {
     }
 
     fn root_hash(report: &str) -> Vec<u8> {
-        crate::cmdline::RootHash::from_hex(&reported(report, "Root hash"))
+        crate::root_hash::RootHash::from_hex(&reported(report, "Root hash"))
             .expect("hex")
             .as_bytes()
             .to_vec()
@@ -468,7 +468,7 @@ mod tests {
             data_blocks: 262_144,
             salt,
         };
-        let root = crate::cmdline::RootHash::from_hex(
+        let root = crate::root_hash::RootHash::from_hex(
             "4392712ba01368efdf14b05c76f9e4df0d53664630b5d48632ed17a137f39076",
         )
         .expect("hex");

@@ -383,7 +383,7 @@ pub fn read<R: Read + Seek>(
 }
 
 /// The partition whose partition UUID is `uuid` (canonical byte order, as
-/// [`crate::cmdline::RootHash::data_partition_uuid`] gives it).
+/// [`crate::root_hash::RootHash::data_partition_uuid`] gives it).
 pub fn partition_by_uuid<'a>(parts: &'a [Partition], uuid: &[u8; 16]) -> Option<&'a Partition> {
     parts.iter().find(|p| p.unique_guid.0 == *uuid)
 }
@@ -1209,7 +1209,7 @@ pub(crate) mod tests {
             );
             // And through ours, with the command line's view of the hash:
             let parts = parse(disk, sector_size).expect("table");
-            let hash = crate::cmdline::RootHash::from_hex(hex).expect("root hash");
+            let hash = crate::root_hash::RootHash::from_hex(hex).expect("root hash");
             let data = partition_by_uuid(&parts, &hash.data_partition_uuid()).expect("data");
             assert_eq!(data.type_guid, types::ROOT_X86_64);
             let verity = partition_by_uuid(&parts, &hash.hash_partition_uuid()).expect("hash");
