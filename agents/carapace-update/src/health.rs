@@ -751,8 +751,12 @@ mod tests {
 
     fn container(name: &str, image: &str, state: State) -> ContainerStatus {
         let mut s = ContainerStatus::new(
-            &ContainerName::try_from(name.to_string()).expect("name"),
-            &ImageRef::try_from(image.to_string()).expect("image"),
+            ContainerName::try_from(name.to_string())
+                .expect("name")
+                .as_str(),
+            ImageRef::try_from(image.to_string())
+                .expect("image")
+                .as_str(),
         );
         s.state = state;
         s.image_digest = Some(format!("sha256:{}", "a".repeat(64)));
