@@ -329,7 +329,7 @@ pub fn network(report: Result<&str, &str>) -> Vec<String> {
         Ok(text) => text,
         Err(why) => return vec![format!("network: no report from the net agent ({why})")],
     };
-    let status: NetworkStatus = match serde_json::from_str(text) {
+    let status = match NetworkStatus::parse(text) {
         Ok(s) => s,
         Err(e) => {
             return vec![format!(

@@ -132,7 +132,24 @@ mod tests {
 
     #[test]
     fn json_shape_keeps_its_names() {
-        let s = NetworkStatus::parse(CONFIGURED).expect("parses");
+        let s = NetworkStatus {
+            interface: Some("eth0".into()),
+            mac: Some("52:54:00:12:34:56".into()),
+            mode: Mode::Dhcp,
+            state: LinkState::Configured,
+            addresses: vec!["10.0.2.15/24".into()],
+            gateway: Some("10.0.2.2".into()),
+            dns: vec!["10.0.2.3".into()],
+            lease_seconds: Some(86400),
+            error: None,
+            ntp: NtpStatus {
+                servers: vec!["10.0.2.2".into()],
+                synced_with: Some("10.0.2.2".into()),
+                offset_ms: Some(12.5),
+                last_sync_unix: Some(1_700_000_000),
+                error: None,
+            },
+        };
         let v: serde_json::Value = serde_json::from_str(&s.to_json()).expect("json");
         assert_eq!(
             v,
@@ -141,6 +158,21 @@ mod tests {
                    "dns":["10.0.2.3"],"lease_seconds":86400,"error":null,
                    "ntp":{"servers":["10.0.2.2"],"synced_with":"10.0.2.2","offset_ms":12.5,
                           "last_sync_unix":1_700_000_000,"error":null}})
+        );
+        let waiting: serde_json::Value =
+            serde_json::from_str(&NetworkStatus::default().to_json()).expect("json");
+        assert_eq!(waiting["state"], "waiting");
+        assert_eq!(waiting["interface"], serde_json::Value::Null);
+        assert_eq!(waiting["ntp"]["synced_with"], serde_json::Value::Null);
+        let static_error = NetworkStatus {
+            mode: Mode::Static,
+            state: LinkState::Error,
+            ..NetworkStatus::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&static_error.to_json()).expect("json");
+        assert_eq!(
+            (v["mode"].as_str(), v["state"].as_str()),
+            (Some("static"), Some("error"))
         );
     }
 
