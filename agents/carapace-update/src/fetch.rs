@@ -388,7 +388,7 @@ async fn resolve(host: &str, dns: &[IpAddr]) -> Result<IpAddr, String> {
         return Ok(ip);
     }
     let seed = (std::process::id() & 0xffff) as u16;
-    carapace_net::dns::resolve(host, dns, seed)
+    carapace_dns::resolve(host, dns, seed)
         .await?
         .into_iter()
         .next()
