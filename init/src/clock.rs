@@ -1,7 +1,5 @@
-//! Time since the kernel started, for the `ready` line and the boot benchmark.
+//! Time since the kernel started, for the `ready` line, the boot benchmark
+//! and every stamp PID 1 publishes: the node's one clock, defined in
+//! [`carapace_contract::clock`].
 
-/// Milliseconds since the kernel started (CLOCK_BOOTTIME).
-pub fn ms_since_boot() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
-}
+pub use carapace_contract::clock::ms_since_boot;

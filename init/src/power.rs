@@ -21,21 +21,9 @@ use rustix::system::RebootCommand;
 use std::path::Path;
 use std::sync::OnceLock;
 
-/// What the machine does at the end of a shutdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerAction {
-    PowerOff,
-    Reboot,
-}
-
-impl PowerAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PowerAction::PowerOff => "power off",
-            PowerAction::Reboot => "reboot",
-        }
-    }
-}
+/// What the machine does at the end of a shutdown (the contract's: the
+/// same action a power signal asks for).
+pub use carapace_contract::power::PowerAction;
 
 /// Syncs filesystems and powers off or reboots. Never returns: if the kernel
 /// refuses (we are not PID 1, or lack the capability), it says so and halts

@@ -1,37 +1,38 @@
 //! The supervisor's view of every service, published for the API as
 //! /run/carapace/services.json (written whole and renamed into place, so a
 //! reader never sees half of it). This file is the one channel from PID 1 to
-//! the agents; they never signal or inspect services themselves.
+//! the agents; they never signal or inspect services themselves. The record
+//! and its JSON are [`carapace_contract::services`]'s.
 
 use crate::supervisor::{ServiceState, Status};
-use serde_json::{json, Value};
+use carapace_contract::services::{self, Service, State};
 
 /// Where the snapshot is published.
-pub const PATH: &str = "/run/carapace/services.json";
+pub const PATH: &str = carapace_contract::paths::SERVICES_JSON;
 
-/// One service as JSON: name, state, pid (when it runs), restarts, last exit.
-pub fn to_json(s: &ServiceState) -> Value {
+/// One service's record: name, state, pid (when it runs), restarts, last exit.
+pub fn record(s: &ServiceState) -> Service {
     let (state, pid) = match &s.status {
-        Status::Starting => ("starting", None),
-        Status::Running { pid } => ("running", Some(*pid)),
-        Status::RestartPending { .. } => ("restart-pending", None),
-        Status::Exited(_) => ("exited", None),
-        Status::Stopping { pid } => ("stopping", Some(*pid)),
-        Status::Stopped => ("stopped", None),
+        Status::Starting => (State::Starting, None),
+        Status::Running { pid } => (State::Running, Some(*pid)),
+        Status::RestartPending { .. } => (State::RestartPending, None),
+        Status::Exited(_) => (State::Exited, None),
+        Status::Stopping { pid } => (State::Stopping, Some(*pid)),
+        Status::Stopped => (State::Stopped, None),
     };
-    json!({
-        "name": s.name,
-        "state": state,
-        "pid": pid,
-        "restarts": s.restarts,
-        "last_exit": s.last_exit.map(|e| e.to_string()),
-        "started_at_ms": s.started_at_ms,
-    })
+    Service {
+        last_exit: s.last_exit.map(|e| e.to_string()),
+        name: s.name.clone(),
+        pid,
+        restarts: s.restarts,
+        started_at_ms: s.started_at_ms,
+        state,
+    }
 }
 
 /// The whole snapshot as text.
 pub fn render(states: &[ServiceState]) -> String {
-    Value::Array(states.iter().map(to_json).collect()).to_string()
+    services::render(&states.iter().map(record).collect::<Vec<_>>())
 }
 
 /// Writes `text` to `path` atomically; failures are reported, never fatal.
@@ -51,6 +52,7 @@ pub fn publish(path: &std::path::Path, text: &str) {
 mod tests {
     use super::*;
     use crate::backoff::Exit;
+    use serde_json::Value;
 
     #[test]
     fn states_become_json_the_api_can_serve() {
@@ -78,6 +80,59 @@ mod tests {
         assert_eq!(v[1]["restarts"], 3);
         assert_eq!(v[1]["last_exit"], "exited with status 3");
         assert!(v[1]["pid"].is_null());
+    }
+
+    #[test]
+    fn every_state_is_written_as_it_always_was() {
+        let s = |name: &str, status, restarts, last_exit, started_at_ms| ServiceState {
+            name: name.into(),
+            status,
+            restarts,
+            last_exit,
+            started_at_ms,
+        };
+        let states = [
+            s("net", Status::Starting, 0, None, None),
+            s("api", Status::Running { pid: 42 }, 0, None, Some(1900)),
+            s(
+                "crasher",
+                Status::RestartPending { delay_ms: 400 },
+                3,
+                Some(Exit::Code(3)),
+                Some(2500),
+            ),
+            s(
+                "job",
+                Status::Exited(Exit::Code(0)),
+                0,
+                Some(Exit::Code(0)),
+                Some(3000),
+            ),
+            s(
+                "bus",
+                Status::Stopping { pid: 77 },
+                1,
+                Some(Exit::Signal(9)),
+                Some(4000),
+            ),
+            s(
+                "update",
+                Status::Stopped,
+                2,
+                Some(Exit::Signal(15)),
+                Some(5000),
+            ),
+        ];
+        // The text of the writer before the record existed (serde_json::json!).
+        let before = concat!(
+            r#"[{"last_exit":null,"name":"net","pid":null,"restarts":0,"started_at_ms":null,"state":"starting"},"#,
+            r#"{"last_exit":null,"name":"api","pid":42,"restarts":0,"started_at_ms":1900,"state":"running"},"#,
+            r#"{"last_exit":"exited with status 3","name":"crasher","pid":null,"restarts":3,"started_at_ms":2500,"state":"restart-pending"},"#,
+            r#"{"last_exit":"exited with status 0","name":"job","pid":null,"restarts":0,"started_at_ms":3000,"state":"exited"},"#,
+            r#"{"last_exit":"killed by signal SIGKILL","name":"bus","pid":77,"restarts":1,"started_at_ms":4000,"state":"stopping"},"#,
+            r#"{"last_exit":"killed by signal SIGTERM","name":"update","pid":null,"restarts":2,"started_at_ms":5000,"state":"stopped"}]"#,
+        );
+        assert_eq!(render(&states), before);
     }
 
     #[test]

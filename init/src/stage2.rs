@@ -273,15 +273,10 @@ fn without_manifest(problem: &str, on_trial: bool) -> Manifest {
     }
 }
 
-/// The signals that ask PID 1 to end the machine (see the table above).
+/// The signals that ask PID 1 to end the machine (see the table above):
+/// [`carapace_contract::power::SIGNALS`], with the reason each gives.
 pub fn power_signals() -> [(Signal, PowerAction, &'static str); 5] {
-    [
-        (Signal::INT, PowerAction::Reboot, "ctrl-alt-del"),
-        (Signal::TERM, PowerAction::Reboot, "SIGTERM"),
-        (Signal::USR1, PowerAction::PowerOff, "SIGUSR1"),
-        (Signal::USR2, PowerAction::PowerOff, "SIGUSR2"),
-        (Signal::POWER, PowerAction::PowerOff, "SIGPWR"),
-    ]
+    carapace_contract::power::SIGNALS.map(|s| (s.signal, s.action, s.reason))
 }
 
 /// Reopens stdin, stdout and stderr on /dev/console.
@@ -362,7 +357,7 @@ async fn supervise(manifest: Manifest, stage2_ms: u64) -> (Supervisor, PowerRequ
         });
     crate::services_file::publish(
         std::path::Path::new(crate::boot_file::PATH),
-        &boot.to_string(),
+        &boot.to_json(),
     );
     let mut supervisor = Supervisor::new(manifest, tx);
     supervisor.publish_states_to(crate::services_file::PATH);

@@ -30,8 +30,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-const SOCKET: &str = "/run/carapace/api.sock";
-const SETTINGS: &str = "/var/lib/carapace/settings.json";
+const SOCKET: &str = carapace_contract::paths::API_SOCKET;
+const SETTINGS: &str = carapace_contract::paths::SETTINGS_JSON;
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()

@@ -1,39 +1,23 @@
 //! Reading the services' log files that carapace-init keeps in
 //! /run/carapace/logs (`<service>.log`, rotated to `<service>.log.1`; each
-//! line `<ms since boot> <text>`): the recent lines of one service or of all,
-//! and a follower that returns what was appended since it last looked, across
-//! rotations.
+//! line `<ms since boot> <text>`, the format of [`carapace_contract::logs`]):
+//! the recent lines of one service or of all, and a follower that returns
+//! what was appended since it last looked, across rotations.
 
-use serde::Serialize;
+use carapace_contract::logs;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Where carapace-init writes the files.
-pub const DIR: &str = "/run/carapace/logs";
+pub const DIR: &str = logs::DIR;
 
-/// One log line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Entry {
-    pub service: String,
-    /// Milliseconds since boot when carapace-init read the line.
-    pub ms: u64,
-    pub line: String,
-}
+/// One log line, as `GET /v1/logs` sends it.
+pub use carapace_contract::logs::Entry;
 
 fn parse(service: &str, record: &str) -> Entry {
-    let (ms, line) = match record.split_once(' ') {
-        Some((ms, line)) if ms.bytes().all(|b| b.is_ascii_digit()) && !ms.is_empty() => {
-            (ms.parse().unwrap_or(0), line)
-        }
-        _ => (0, record),
-    };
-    Entry {
-        service: service.to_string(),
-        ms,
-        line: line.to_string(),
-    }
+    Entry::from_record(service, record)
 }
 
 /// The log files of one directory.
@@ -55,11 +39,11 @@ impl LogDir {
     }
 
     fn current(&self, service: &str) -> PathBuf {
-        self.dir.join(format!("{service}.log"))
+        self.dir.join(logs::file_name(service))
     }
 
     fn older(&self, service: &str) -> PathBuf {
-        self.dir.join(format!("{service}.log.1"))
+        self.dir.join(logs::rotated_file_name(service))
     }
 
     /// The services that have a log, sorted.
@@ -70,7 +54,7 @@ impl LogDir {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".log").map(str::to_string)
+                logs::log_of_file(&name).map(str::to_string)
             })
             .collect();
         names.sort();

@@ -1,16 +1,19 @@
 //! What the API reports about the node and how it asks for a reboot or a
 //! power-off. The facts are gathered by thin readers and shaped by a pure
-//! function; power requests go to PID 1 the documented way (SIGTERM reboots,
-//! SIGUSR2 powers off): only carapace-init shuts a node down.
+//! function, which reads the node's files as carapace-contract's records;
+//! power requests go to PID 1 the documented way
+//! ([`carapace_contract::power::signal_for`]: SIGTERM reboots, SIGUSR2
+//! powers off): only carapace-init shuts a node down.
 
+use carapace_contract::boot::Boot;
+use carapace_contract::containers::{self, ContainerStatus};
+use carapace_contract::network::NetworkStatus;
+use carapace_contract::paths;
+use carapace_contract::services::{self, Service};
 use serde::Serialize;
 
 /// A power request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerAction {
-    Reboot,
-    PowerOff,
-}
+pub use carapace_contract::power::PowerAction;
 
 /// The side effects of the API beyond settings.
 pub trait NodeOps: Send + Sync {
@@ -34,13 +37,13 @@ pub struct Status {
     pub memory: Option<Memory>,
     /// Every service's state and restart count, as carapace-init publishes
     /// them in /run/carapace/services.json (an empty list if it has not yet).
-    pub services: serde_json::Value,
+    pub services: Vec<Service>,
     /// The network agent's report (/run/carapace/network.json), or null.
-    pub network: serde_json::Value,
+    pub network: Option<NetworkStatus>,
     /// Each declared container's image digest, state, restarts and last
     /// exit or error, as the container agent publishes them in
     /// /run/carapace/containers.json (an empty list if it has not yet).
-    pub containers: serde_json::Value,
+    pub containers: Vec<ContainerStatus>,
     /// How remote callers reach this API.
     pub api: ApiInfo,
     /// What became of the first-boot user data.
@@ -123,50 +126,28 @@ pub struct Facts {
 /// Shapes the status from what the node's files say; anything missing or
 /// torn reads as unknown, never as an error.
 pub fn status_from(facts: &Facts, api: &ApiInfo, user_data: &UserDataReport) -> Status {
-    let boot: serde_json::Value = serde_json::from_str(&facts.boot).unwrap_or_default();
-    let text = |key: &str| boot.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let boot = Boot::parse(&facts.boot).unwrap_or_default();
     let uptime_seconds = facts
         .uptime
         .split_whitespace()
         .next()
         .and_then(|u| u.parse().ok())
         .unwrap_or(0.0);
-    let services = serde_json::from_str::<serde_json::Value>(&facts.services)
-        .ok()
-        .filter(serde_json::Value::is_array)
-        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
-    let network = serde_json::from_str::<serde_json::Value>(&facts.network)
-        .ok()
-        .filter(serde_json::Value::is_object)
-        .unwrap_or_default();
-    let containers = serde_json::from_str::<serde_json::Value>(&facts.containers)
-        .ok()
-        .filter(serde_json::Value::is_array)
-        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
     Status {
-        version: text("version").unwrap_or_else(|| "unknown".into()),
-        roothash: text("roothash").unwrap_or_else(|| "none".into()),
-        active_slot: text("slot"),
+        version: boot.version.unwrap_or_else(|| "unknown".into()),
+        roothash: boot.roothash.unwrap_or_else(|| "none".into()),
+        active_slot: boot.slot,
         boot_id: facts.boot_id.trim().to_string(),
         uptime_seconds,
         var: facts.var,
         memory: Memory::parse(&facts.meminfo),
-        services,
-        network,
-        containers,
+        services: services::parse(&facts.services).unwrap_or_default(),
+        network: NetworkStatus::parse(&facts.network).ok(),
+        containers: containers::parse(&facts.containers).unwrap_or_default(),
         api: api.clone(),
         user_data: user_data.clone(),
     }
 }
-
-/// Where carapace-init publishes the services' states.
-pub const SERVICES_FILE: &str = "/run/carapace/services.json";
-/// Where carapace-init publishes what this boot is.
-pub const BOOT_FILE: &str = "/run/carapace/boot.json";
-/// Where the network agent publishes its state.
-pub const NETWORK_FILE: &str = "/run/carapace/network.json";
-/// Where the container agent publishes the containers' states.
-pub const CONTAINERS_FILE: &str = "/run/carapace/containers.json";
 
 /// The real node, with what the daemon knows of itself.
 pub struct RealNode {
@@ -182,13 +163,13 @@ impl NodeOps for RealNode {
             free_bytes: s.f_bavail * s.f_frsize,
         });
         let facts = Facts {
-            boot: read(BOOT_FILE),
+            boot: read(paths::BOOT_JSON),
             boot_id: read("/proc/sys/kernel/random/boot_id"),
             uptime: read("/proc/uptime"),
             var,
-            services: read(SERVICES_FILE),
-            network: read(NETWORK_FILE),
-            containers: read(CONTAINERS_FILE),
+            services: read(paths::SERVICES_JSON),
+            network: read(paths::NETWORK_JSON),
+            containers: read(paths::CONTAINERS_JSON),
             meminfo: read("/proc/meminfo"),
         };
         let api = self.api.lock().map(|a| a.clone()).unwrap_or_default();
@@ -196,10 +177,7 @@ impl NodeOps for RealNode {
     }
 
     fn power(&self, action: PowerAction) -> Result<(), String> {
-        let signal = match action {
-            PowerAction::Reboot => rustix::process::Signal::TERM,
-            PowerAction::PowerOff => rustix::process::Signal::USR2,
-        };
+        let signal = carapace_contract::power::signal_for(action);
         let init = rustix::process::Pid::from_raw(1).ok_or("no PID 1")?;
         rustix::process::kill_process(init, signal).map_err(|e| format!("cannot signal PID 1: {e}"))
     }
@@ -237,14 +215,16 @@ mod tests {
             error: Some("hostname: bad".into()),
         };
         let s = status_from(&facts, &api, &user_data);
+        // As the API serves it.
+        let served = serde_json::to_value(&s).expect("status as JSON");
         assert_eq!(s.version, "0.2.0");
         assert_eq!(s.roothash, "abcd");
         assert_eq!(s.active_slot.as_deref(), Some("b"));
         assert_eq!(s.boot_id, "6b0e-boot");
         assert!((s.uptime_seconds - 12.34).abs() < 1e-9);
-        assert_eq!(s.services[0]["state"], "running");
-        assert_eq!(s.network["addresses"][0], "10.0.2.15/24");
-        assert_eq!(s.containers[0]["restarts"], 2);
+        assert_eq!(served["services"][0]["state"], "running");
+        assert_eq!(served["network"]["addresses"][0], "10.0.2.15/24");
+        assert_eq!(served["containers"][0]["restarts"], 2);
         assert_eq!(
             s.memory,
             Some(Memory {
@@ -264,13 +244,14 @@ mod tests {
             &ApiInfo::default(),
             &UserDataReport::default(),
         );
+        let served = serde_json::to_value(&none).expect("status as JSON");
         assert_eq!(
-            none.services,
+            served["services"],
             serde_json::json!([]),
             "a missing or torn file is no services"
         );
-        assert_eq!(none.network, serde_json::Value::Null);
-        assert_eq!(none.containers, serde_json::json!([]));
+        assert_eq!(served["network"], serde_json::Value::Null);
+        assert_eq!(served["containers"], serde_json::json!([]));
         assert_eq!(none.memory, None, "no meminfo, no memory figures");
         assert_eq!(
             (

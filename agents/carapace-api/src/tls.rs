@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Where the identity lives on the node.
-pub const DIR: &str = "/var/lib/carapace/api";
+pub const DIR: &str = carapace_contract::paths::API_TLS_DIR;
 
 /// A certificate chain with its key, ready to serve.
 pub struct Identity {
@@ -177,6 +177,14 @@ mod tests {
         let d = std::env::temp_dir().join(format!("carapace-tls-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn the_certificate_is_where_clients_and_the_health_check_pin_it() {
+        assert_eq!(
+            paths(Path::new(DIR)).0,
+            Path::new(carapace_contract::paths::API_CERTIFICATE)
+        );
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! - `POST /v1/update/cancel` — stops a download
 //!
 //! A daemon that is not there is a 503; one that refuses (nothing newer,
-//! busy, a bad signature…) is a 409 with its reason.
+//! busy, a bad signature…) is a 409 with its reason. The client (bus,
+//! proxy, the root-owner check) is [`carapace_contract::dbus`].
 
+use carapace_contract::dbus::{self, Update1ClientProxy};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -50,12 +52,10 @@ pub struct DbusUpdates {
 }
 
 impl DbusUpdates {
-    async fn proxy(
-        &self,
-    ) -> Result<carapace_update::dbus::Update1ClientProxy<'static>, UpdateError> {
+    async fn proxy(&self) -> Result<Update1ClientProxy<'static>, UpdateError> {
         let mut conn = self.conn.lock().await;
         if conn.is_none() {
-            let c = carapace_update::dbus::system_bus()
+            let c = dbus::system_bus()
                 .build()
                 .await
                 .map_err(|e| UpdateError::Unavailable(format!("the system bus: {e}")))?;
@@ -65,7 +65,7 @@ impl DbusUpdates {
             .clone()
             .ok_or_else(|| UpdateError::Unavailable("no bus connection".into()))?;
         // Only a daemon running as root is asked, by its unique name.
-        let owner = match carapace_update::dbus::root_owner(&c).await {
+        let owner = match dbus::root_owner(&c).await {
             Ok(Some(owner)) => owner,
             Ok(None) => {
                 return Err(UpdateError::Unavailable(
@@ -78,7 +78,7 @@ impl DbusUpdates {
                 return Err(UpdateError::Unavailable(format!("the system bus: {e}")));
             }
         };
-        carapace_update::dbus::Update1ClientProxy::builder(&c)
+        Update1ClientProxy::builder(&c)
             .destination(owner)
             .build()
             .await

@@ -17,7 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// The system bus socket every D-Bus client looks for first.
-const SOCKET: &str = "/run/dbus/system_bus_socket";
+const SOCKET: &str = carapace_contract::paths::SYSTEM_BUS_SOCKET;
 
 async fn serve() -> Result<(), String> {
     serve_at(SOCKET).await
@@ -75,7 +75,7 @@ mod tests {
     use std::time::{Duration, Instant};
     use zbus::fdo::DBusProxy;
 
-    const UPDATE: &str = "org.carapace.Update1";
+    const UPDATE: &str = carapace_contract::update::NAME;
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()

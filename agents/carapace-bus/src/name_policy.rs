@@ -27,8 +27,8 @@ use zbus::message::Type;
 use zbus::names::{BusName, UniqueName, WellKnownName};
 use zbus::{MatchRule, MessageStream};
 
-/// The names only uid 0 may own.
-pub const ROOT_ONLY: &[&str] = &["org.carapace.Update1"];
+/// The names only uid 0 may own: the update daemon's.
+pub const ROOT_ONLY: &[&str] = &[carapace_contract::update::NAME];
 
 /// Whether a peer whose socket belongs to `uid` (None: unknown) may own `name`.
 pub fn may_own(name: &str, uid: Option<u32>) -> bool {

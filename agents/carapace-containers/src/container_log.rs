@@ -1,22 +1,22 @@
 //! Containers' output, kept where the services' logs are: one file per
-//! container in /run/carapace/logs, written by carapace-init's own
-//! [`carapace_init::logs::Sink`] (`<ms since boot> <text>` a line, one
+//! container in /run/carapace/logs, written by the same writer as PID 1's
+//! ([`carapace_contract::logs::Sink`]: `<ms since boot> <text>` a line, one
 //! `write` on an `O_APPEND` file, rotated to `.log.1` at 256 KiB), so that
 //! `GET /v1/logs` and `carapace-ctl logs` show them as they show a service.
 //!
-//! The log of container `web` is `container_web` (`container_web.log`).
-//! Service names are a-z, 0-9 and `-` only, so no service can ever be named
-//! like a container's log: the two writers (PID 1 for the services, the
-//! container agent for the containers) never append to, or rotate, the same
-//! file. The API's log names allow `_`, so `carapace-ctl logs
-//! container_web` works as it is.
+//! The log of container `web` is `container_web` (`container_web.log`,
+//! [`carapace_contract::logs::container_log`]). Service names are a-z, 0-9
+//! and `-` only, so no service can ever be named like a container's log:
+//! the two writers (PID 1 for the services, the container agent for the
+//! containers) never append to, or rotate, the same file. The API's log
+//! names allow `_`, so `carapace-ctl logs container_web` works as it is.
 //!
 //! A container's stdout and stderr share one pipe, as a service's do, so
 //! their lines keep their order. Lines are split at
 //! [`carapace_init::supervisor::MAX_LINE`] bytes (on a character boundary),
 //! a trailing `\r` is dropped, and bytes that are not UTF-8 are replaced.
 
-use carapace_init::logs::Sink;
+use carapace_contract::logs::{self, Sink};
 use carapace_model::containers::ContainerName;
 use std::io;
 use std::path::PathBuf;
@@ -24,19 +24,19 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// What every container's log name starts with.
-pub const PREFIX: &str = "container_";
+pub const PREFIX: &str = logs::CONTAINER_PREFIX;
 
 /// The longest line kept whole.
 pub const MAX_LINE: usize = carapace_init::supervisor::MAX_LINE;
 
 /// The log name of a container: `container_<name>`.
 pub fn log_name(name: &ContainerName) -> String {
-    format!("{PREFIX}{name}")
+    logs::container_log(name.as_str())
 }
 
 /// The container a log name belongs to, if it is a container's.
 pub fn container_of(log: &str) -> Option<&str> {
-    log.strip_prefix(PREFIX)
+    logs::container_of(log)
 }
 
 /// Cuts a byte stream into lines of at most `max` bytes.
@@ -118,7 +118,7 @@ impl LogWriter {
 
     /// The node's: /run/carapace/logs, rotated as PID 1 rotates.
     pub fn on_node() -> io::Result<LogWriter> {
-        LogWriter::new(carapace_init::logs::DIR, carapace_init::logs::CAP)
+        LogWriter::new(logs::DIR, logs::CAP)
     }
 
     /// Appends `line` to `log`, stamped `ms` since boot. An error is
@@ -132,7 +132,7 @@ impl LogWriter {
 
     /// Appends `line` to `log`, stamped now.
     pub fn append(&self, log: &str, line: &str) -> io::Result<()> {
-        self.append_at(log, carapace_init::clock::ms_since_boot(), line)
+        self.append_at(log, carapace_contract::clock::ms_since_boot(), line)
     }
 }
 
@@ -223,7 +223,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn pumped_output_lands_in_the_log_file_as_stamped_lines() {
         let dir = temp("pump");
-        let writer = LogWriter::new(&dir, carapace_init::logs::CAP).expect("writer");
+        let writer = LogWriter::new(&dir, logs::CAP).expect("writer");
         let output: &[u8] = b"starting\nlistening on :80\npartial";
         let err = pump(output, writer.clone(), log_name(&name("web"))).await;
         assert_eq!(err, None);

@@ -81,10 +81,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Where the API commits the settings.
-const SETTINGS_JSON: &str = "/var/lib/carapace/settings.json";
+const SETTINGS_JSON: &str = carapace_contract::paths::SETTINGS_JSON;
 /// The node's resolver configuration, which the net agent writes; copied
 /// into the bundles of `host_network` containers.
-const RESOLV_CONF: &str = "/run/carapace/resolv.conf";
+const RESOLV_CONF: &str = carapace_contract::paths::RESOLV_CONF;
 /// How often the settings and resolv.conf are looked at, and everything
 /// reconciled.
 const POLL: Duration = Duration::from_secs(1);
@@ -394,7 +394,7 @@ impl Agent {
                 let run = self.entry(name).started(
                     instance,
                     restart,
-                    carapace_init::clock::ms_since_boot(),
+                    carapace_contract::clock::ms_since_boot(),
                 );
                 self.watch_run(name.clone(), run, running);
                 // A replaced image may be unused now.

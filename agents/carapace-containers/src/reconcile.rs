@@ -537,7 +537,7 @@ impl Entry {
         let image = desired
             .map(|c| &c.image)
             .or(instance.map(|i| &i.settings.image))?;
-        let mut s = ContainerStatus::new(name, image);
+        let mut s = ContainerStatus::new(name.as_str(), image.as_str());
         let wanted = desired.filter(|c| c.enabled);
         s.image_digest = instance
             .map(|i| i.pulled.manifest_digest.clone())

@@ -600,7 +600,7 @@ exit 2
         }
         std::fs::write(dir.join("calls"), "").expect("calls");
         let runtime = Runtime::new(&crun, dir.join("state")).with_cgroup_root(dir.join("cgroup"));
-        let logs = LogWriter::new(dir.join("logs"), carapace_init::logs::CAP).expect("logs");
+        let logs = LogWriter::new(dir.join("logs"), carapace_contract::logs::CAP).expect("logs");
         Fixture { dir, runtime, logs }
     }
 

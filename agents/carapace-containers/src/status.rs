@@ -1,102 +1,16 @@
 //! What the agent says about each container, published as
 //! /run/carapace/containers.json: a JSON array sorted by name, written whole
 //! and renamed into place (a reader never sees half of it), like PID 1's
-//! services.json.
-//!
-//! ```json
-//! [{ "name": "web", "image": "nginx:1.27", "image_digest": "sha256:…",
-//!    "state": "running", "pid": 812, "restarts": 2,
-//!    "last_exit": "killed by the kernel: out of memory (memory.max 268435456 bytes)",
-//!    "error": null, "started_at_ms": 53120, "log": "container_web" }]
-//! ```
-//!
-//! `started_at_ms` is milliseconds since boot, the clock of the log lines
-//! and of services.json. `pid` is the container's first process as the
-//! node sees it. `log` is the name to give `carapace-ctl logs`.
+//! services.json. The record, its words and its JSON are
+//! [`carapace_contract::containers`]'s; the agent keeps one
+//! [`ContainerStatus`] per container and publishes them here.
 
-use crate::container_log;
-use carapace_model::containers::{ContainerName, ImageRef};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+pub use carapace_contract::containers::{parse, render, ContainerStatus, State};
+
 /// Where the snapshot is published.
-pub const PATH: &str = "/run/carapace/containers.json";
-
-/// Where a container is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum State {
-    /// Its image is being pulled.
-    Pulling,
-    /// Its bundle is being made, or crun is starting it.
-    Starting,
-    /// Its process runs.
-    Running,
-    /// It ended and starts again after the backoff delay.
-    Restarting,
-    /// It ended and its restart policy leaves it so.
-    Exited,
-    /// It cannot be run: `error` says why (a pull or a bundle that failed).
-    Failed,
-    /// It was stopped on purpose (removed from the settings, node shutting down).
-    Stopped,
-    /// `enabled` is false in its settings.
-    Disabled,
-}
-
-/// One container's status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerStatus {
-    pub name: String,
-    /// The image reference as the settings give it.
-    pub image: String,
-    /// The manifest digest of the image that runs or was pulled, `sha256:…`.
-    pub image_digest: Option<String>,
-    pub state: State,
-    pub pid: Option<i32>,
-    /// How many times it was started again (never reset while the agent runs).
-    pub restarts: u32,
-    /// How its last run ended ([`crate::policy::ExitReason`]'s words).
-    pub last_exit: Option<String>,
-    /// What keeps it from running, if anything.
-    pub error: Option<String>,
-    /// When its current or last run started, in ms since boot.
-    pub started_at_ms: Option<u64>,
-    /// Its log name ([`container_log::log_name`]).
-    pub log: String,
-}
-
-impl ContainerStatus {
-    /// A container just taken from the settings: pulling, nothing else known.
-    pub fn new(name: &ContainerName, image: &ImageRef) -> ContainerStatus {
-        ContainerStatus {
-            name: name.to_string(),
-            image: image.as_str().to_string(),
-            image_digest: None,
-            state: State::Pulling,
-            pid: None,
-            restarts: 0,
-            last_exit: None,
-            error: None,
-            started_at_ms: None,
-            log: container_log::log_name(name),
-        }
-    }
-}
-
-/// The snapshot as text: the statuses sorted by name.
-pub fn render(statuses: &[ContainerStatus]) -> String {
-    let mut sorted: Vec<&ContainerStatus> = statuses.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut text = serde_json::to_string(&sorted).unwrap_or_else(|_| "[]".into());
-    text.push('\n');
-    text
-}
-
-/// Reads a snapshot back (for the API).
-pub fn parse(text: &str) -> Result<Vec<ContainerStatus>, serde_json::Error> {
-    serde_json::from_str(text)
-}
+pub const PATH: &str = carapace_contract::paths::CONTAINERS_JSON;
 
 /// Writes `text` to `path` whole: a temporary file renamed into place.
 pub fn publish(path: &Path, text: &str) -> std::io::Result<()> {
@@ -113,12 +27,17 @@ pub fn publish(path: &Path, text: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::policy::ExitReason;
+    use carapace_model::containers::{ContainerName, ImageRef};
     use serde_json::{json, Value};
 
     fn status(name: &str, image: &str) -> ContainerStatus {
         ContainerStatus::new(
-            &ContainerName::try_from(name.to_string()).expect("name"),
-            &ImageRef::try_from(image.to_string()).expect("image"),
+            ContainerName::try_from(name.to_string())
+                .expect("name")
+                .as_str(),
+            ImageRef::try_from(image.to_string())
+                .expect("image")
+                .as_str(),
         )
     }
 

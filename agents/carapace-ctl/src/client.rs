@@ -363,8 +363,10 @@ impl BodyStream {
     }
 }
 
-/// One line of a service's log, as `GET /v1/logs` sends it.
+/// One line of a service's log, as `GET /v1/logs` sends it
+/// ([`carapace_contract::logs::Entry`], which it is read as).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "carapace_contract::logs::Entry")]
 pub struct LogEntry {
     /// The service that wrote it.
     pub service: String,
@@ -372,6 +374,16 @@ pub struct LogEntry {
     pub ms: u64,
     /// The text, without newline.
     pub line: String,
+}
+
+impl From<carapace_contract::logs::Entry> for LogEntry {
+    fn from(e: carapace_contract::logs::Entry) -> LogEntry {
+        LogEntry {
+            service: e.service,
+            ms: e.ms,
+            line: e.line,
+        }
+    }
 }
 
 impl LogEntry {
@@ -400,6 +412,20 @@ mod tests {
             LogEntry::parse("plain text"),
             Err(Error::BadResponse(_))
         ));
+    }
+
+    #[test]
+    fn log_entries_are_read_as_the_api_writes_them() {
+        let sent = carapace_contract::logs::Entry::from_record("container_web", "53120 listening");
+        let text = serde_json::to_string(&sent).expect("json");
+        assert_eq!(
+            LogEntry::parse(&text).ok(),
+            Some(LogEntry {
+                service: "container_web".into(),
+                ms: 53120,
+                line: "listening".into()
+            })
+        );
     }
 
     #[test]

@@ -7,8 +7,30 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// The endpoint used when none is given: the node's local, root-only socket.
-pub const DEFAULT_ENDPOINT: &str = "unix:/run/carapace/api.sock";
+/// The endpoint used when none is given: the node's local, root-only socket
+/// (`unix:` and [`carapace_contract::paths::API_SOCKET`], joined at compile
+/// time: clap takes a `&'static str`).
+pub const DEFAULT_ENDPOINT: &str = {
+    const PREFIX: &[u8] = b"unix:";
+    const SOCKET: &[u8] = carapace_contract::paths::API_SOCKET.as_bytes();
+    const JOINED: [u8; PREFIX.len() + SOCKET.len()] = {
+        let mut out = [0; PREFIX.len() + SOCKET.len()];
+        let mut i = 0;
+        while i < out.len() {
+            out[i] = if i < PREFIX.len() {
+                PREFIX[i]
+            } else {
+                SOCKET[i - PREFIX.len()]
+            };
+            i += 1;
+        }
+        out
+    };
+    match std::str::from_utf8(&JOINED) {
+        Ok(endpoint) => endpoint,
+        Err(_) => panic!("the API socket's path is not UTF-8"),
+    }
+};
 /// The port of an `https://` endpoint that names none.
 pub const DEFAULT_PORT: u16 = 8443;
 

@@ -2,6 +2,7 @@
 //! status and logs, and reboots or powers it off, through the node's API.
 //! See the library documentation for endpoints and exit codes.
 
+use carapace_contract::update;
 use carapace_ctl::text::{diff_lines, settings_lines, status_text};
 use carapace_ctl::{
     logs_path, merge_patch, parse_key, settings_path, Client, Endpoint, Error, Fingerprint,
@@ -308,8 +309,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// The states in which an update operation is still under way.
-const UPDATE_BUSY: [&str; 4] = ["checking", "downloading", "verifying", "writing"];
+/// The update daemon's report, as `GET /v1/update` sends it.
+fn update_status(body: serde_json::Value) -> Result<update::Status, Error> {
+    serde_json::from_value(body)
+        .map_err(|e| Error::BadResponse(format!("not an update status ({e})")))
+}
 
 async fn run_update(client: &mut Client, cmd: &UpdateCommand, json: bool) -> Result<(), Failure> {
     let force_body = |force: bool| force.then(|| serde_json::json!({ "force": true }));
@@ -339,20 +343,13 @@ async fn run_update(client: &mut Client, cmd: &UpdateCommand, json: bool) -> Res
                 loop {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     let status = client.call(Method::GET, "/v1/update", None).await?;
-                    let state = status.json()?["state"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                    if !UPDATE_BUSY.contains(&state.as_str()) {
-                        if state == "error" {
-                            let why = status.json()?["error"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .to_string();
+                    let report = update_status(status.json()?)?;
+                    if !report.busy() {
+                        if report.state == update::State::Error.as_str() {
                             return Err(Failure::Api(
                                 Error::Refused {
                                     status: 409,
-                                    message: format!("the download failed: {why}"),
+                                    message: format!("the download failed: {}", report.error),
                                     path: None,
                                 },
                                 None,
@@ -384,29 +381,26 @@ async fn run_update(client: &mut Client, cmd: &UpdateCommand, json: bool) -> Res
             "download started; follow it with `carapace-ctl update status`".to_string()
         }
         UpdateCommand::Status | UpdateCommand::Download { wait: true, .. } => {
-            let field = |k: &str| {
-                body[k]
-                    .as_str()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or("none")
-                    .to_string()
+            let s = update_status(body)?;
+            let field = |v: &str| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.to_string()
+                }
             };
             format!(
                 "state {} ({:.0}%)\nrunning {} (slot {}, {})\nfallback {}\navailable {}\nstaged {}\nrolled back {}{}",
-                field("state"),
-                body["progress"].as_f64().unwrap_or(0.0) * 100.0,
-                field("running"),
-                field("slot"),
-                if body["blessed"].as_bool() == Some(true) { "blessed" } else { "on trial" },
-                field("fallback"),
-                field("available"),
-                field("staged"),
-                field("rolled_back"),
-                body["error"]
-                    .as_str()
-                    .filter(|e| !e.is_empty())
-                    .map(|e| format!("\nerror {e}"))
-                    .unwrap_or_default()
+                field(&s.state),
+                s.progress * 100.0,
+                field(&s.running),
+                field(&s.slot),
+                if s.blessed { "blessed" } else { "on trial" },
+                field(&s.fallback),
+                field(&s.available),
+                field(&s.staged),
+                field(&s.rolled_back),
+                if s.error.is_empty() { String::new() } else { format!("\nerror {}", s.error) }
             )
         }
     };

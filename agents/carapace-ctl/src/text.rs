@@ -80,7 +80,9 @@ pub fn diff_lines(committed: &Value, pending: &Value) -> Vec<String> {
 }
 
 /// `/v1/status` for people: the version first, the other fields as
-/// `key = value` lines, then the services as a table.
+/// `key = value` lines, then the services as a table. It shows whatever
+/// fields the node sends, so it stays a walk over JSON rather than
+/// carapace-contract's records: a node of another version shows all it has.
 pub fn status_text(status: &Value) -> String {
     let mut out = String::new();
     let Value::Object(map) = status else {

@@ -345,3 +345,65 @@ fn an_absent_node_exits_3() {
     assert_eq!(run.code, Some(3), "{run:?}");
     assert!(run.stderr.contains("cannot reach the node"), "{run:?}");
 }
+
+/// A node whose update daemon downloads: busy for two looks, then `end`.
+fn updating(end: serde_json::Value) -> impl FnMut(&Seen) -> Reply {
+    let mut looks = 0;
+    move |s: &Seen| match (s.method.as_str(), s.path.as_str()) {
+        ("POST", "/v1/update/download") => json(202, json!({"started": "download"})),
+        ("GET", "/v1/update") => {
+            looks += 1;
+            if looks <= 2 {
+                json(
+                    200,
+                    json!({"state": "downloading", "progress": 0.5, "running": "0.1.0",
+                           "slot": "a", "blessed": true}),
+                )
+            } else {
+                json(200, end.clone())
+            }
+        }
+        _ => json(404, json!({"error": "no such route"})),
+    }
+}
+
+#[test]
+fn update_status_shows_the_daemons_report_and_a_waited_download_its_end() {
+    let report = json!({"state": "ready-to-reboot", "progress": 1.0, "running": "0.1.0",
+                        "slot": "a", "blessed": true, "fallback": "", "available": "0.2.0",
+                        "staged": "0.2.0", "rolled_back": "", "error": ""});
+    let node = Node::unix(updating(report.clone()));
+    let run = node.ctl(&["update", "download", "--wait"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        run.stdout,
+        "state ready-to-reboot (100%)\nrunning 0.1.0 (slot a, blessed)\nfallback none\n\
+         available 0.2.0\nstaged 0.2.0\nrolled back none\n"
+    );
+    let looks = node
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/v1/update")
+        .count();
+    assert_eq!(looks, 3, "followed until the download ended");
+
+    let failed = json!({"state": "error", "running": "0.1.0", "slot": "b",
+                        "error": "the signature does not verify"});
+    let node = Node::unix(updating(failed));
+    let run = node.ctl(&["update", "download", "--wait"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the download failed: the signature does not verify"),
+        "{run:?}"
+    );
+
+    let node = Node::unix(updating(report));
+    let run = node.ctl(&["update", "status"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        run.stdout,
+        "state downloading (50%)\nrunning 0.1.0 (slot a, blessed)\nfallback none\n\
+         available none\nstaged none\nrolled back none\n"
+    );
+}

@@ -85,7 +85,7 @@ impl Shared {
         let before = s.clone();
         f(&mut s);
         if *s != before {
-            if let Err(e) = s.write(&self.path) {
+            if let Err(e) = crate::status::write(&s, &self.path) {
                 say(&format!("cannot write {}: {e}", self.path.display()));
             }
         }
@@ -93,7 +93,7 @@ impl Shared {
 
     fn write_now(&self) {
         let s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = s.write(&self.path) {
+        if let Err(e) = crate::status::write(&s, &self.path) {
             say(&format!("cannot write {}: {e}", self.path.display()));
         }
     }

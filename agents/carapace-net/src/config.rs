@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 /// Where the API server commits settings.
-pub const SETTINGS_JSON: &str = "/var/lib/carapace/settings.json";
+pub const SETTINGS_JSON: &str = carapace_contract::paths::SETTINGS_JSON;
 /// Our record of what we put on the interface, so a restarted agent can
 /// remove it.
 pub const APPLIED_JSON: &str = "/run/carapace/net-applied.json";

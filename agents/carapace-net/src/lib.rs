@@ -4,20 +4,22 @@
 //! static addresses and routes — through rtnetlink ([`netlink`]), writes
 //! /run/carapace/resolv.conf ([`resolv`]) and publishes its state in
 //! /run/carapace/network.json ([`status`]). It also keeps the clock right
-//! with SNTP ([`sntp`]), resolving server names with its own DNS stub
-//! ([`dns`]). [`agent::run`] is the daemon; everything else is I/O-free or
+//! with SNTP ([`sntp`]), resolving server names with the node's DNS stub
+//! ([`dns`], the carapace-dns crate). [`agent::run`] is the daemon; everything else is I/O-free or
 //! thin, and tested on its own.
 
 pub mod agent;
 pub mod config;
 pub mod dhcp_client;
 pub mod dhcp_packet;
-pub mod dns;
 pub mod iface;
 pub mod netlink;
 pub mod resolv;
 pub mod sntp;
 pub mod status;
+
+/// The DNS stub resolver, shared with the update daemon.
+pub use carapace_dns as dns;
 
 pub use agent::{run, Paths};
 

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 /// Where the resolver configuration goes.
-pub const RESOLV_CONF: &str = "/run/carapace/resolv.conf";
+pub const RESOLV_CONF: &str = carapace_contract::paths::RESOLV_CONF;
 
 /// glibc reads at most three name servers.
 const MAX_NAMESERVERS: usize = 3;

@@ -26,9 +26,12 @@
 //! - `<version> is not healthy after <n> s (<what fails>): rebooting to count the try`
 //! - `update <version> was rolled back`
 
-use crate::dbus::{Update1, Update1Signals, NAME, PATH};
+use crate::dbus::{Update1, Update1Signals};
 use crate::engine::{Boot, Engine, Paths};
 use crate::health;
+use carapace_contract::power::{signal_for, PowerAction};
+use carapace_contract::update::{NAME, PATH};
+use carapace_contract::{boot, paths};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,11 +42,7 @@ fn say(msg: &str) {
 /// Time since the machine booted (CLOCK_BOOTTIME): the health deadline is
 /// measured from boot, so a daemon that restarts does not start it over.
 fn since_boot() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    Duration::new(
-        t.tv_sec.max(0) as u64,
-        t.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
+    Duration::from_millis(carapace_contract::clock::ms_since_boot())
 }
 
 /// One round of the trial watch, decided.
@@ -118,7 +117,7 @@ async fn watch_trial(engine: Arc<Engine>, version: String) {
                 ));
                 if let Some(init) = rustix::process::Pid::from_raw(1) {
                     if let Err(e) =
-                        rustix::process::kill_process(init, rustix::process::Signal::TERM)
+                        rustix::process::kill_process(init, signal_for(PowerAction::Reboot))
                     {
                         say(&format!("error: cannot ask PID 1 to reboot: {e}"));
                     }
@@ -167,7 +166,7 @@ async fn connect(engine: &Arc<Engine>) -> Result<zbus::Connection, String> {
         let object = Update1 {
             engine: engine.clone(),
         };
-        let built = crate::dbus::system_bus()
+        let built = carapace_contract::dbus::system_bus()
             .name(NAME)
             .serve_at(PATH, object)
             .build()
@@ -183,7 +182,7 @@ async fn connect(engine: &Arc<Engine>) -> Result<zbus::Connection, String> {
 
 async fn wait_for_bus() {
     for _ in 0..100 {
-        if std::path::Path::new("/run/dbus/system_bus_socket").exists() {
+        if std::path::Path::new(paths::SYSTEM_BUS_SOCKET).exists() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -195,8 +194,8 @@ async fn serve() -> Result<(), String> {
     let boot = Boot::read(&paths.boot_json)?;
     let slot = std::fs::read_to_string(&paths.boot_json)
         .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["slot"].as_str().map(str::to_string))
+        .and_then(|t| boot::Boot::parse(&t).ok())
+        .and_then(|b| b.slot)
         .unwrap_or_default();
     let version = boot.version.to_string();
     let (engine, mut changes) = Engine::new(paths, boot, &slot);

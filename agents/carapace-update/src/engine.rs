@@ -30,8 +30,9 @@ use crate::esp::{self, Esp};
 use crate::fetch::{self, Source};
 use crate::slots::{self, Slot, Slots};
 use crate::staged::{self, Record};
-use crate::status::{State, Status};
 use carapace_bundle::{Manifest, PartHasher};
+use carapace_contract::paths;
+use carapace_contract::update::{State, Status};
 use carapace_disk::gpt::{self, Guid};
 use carapace_disk::partition_node::partition_node_name;
 use carapace_disk::root_hash::RootHash;
@@ -59,9 +60,9 @@ pub struct Paths {
 impl Default for Paths {
     fn default() -> Paths {
         Paths {
-            settings: "/var/lib/carapace/settings.json".into(),
-            boot_json: "/run/carapace/boot.json".into(),
-            network_json: "/run/carapace/network.json".into(),
+            settings: paths::SETTINGS_JSON.into(),
+            boot_json: paths::BOOT_JSON.into(),
+            network_json: paths::NETWORK_JSON.into(),
             public_key: "/usr/lib/carapace/update-key.pub".into(),
             esp_mount: esp::MOUNT_POINT.into(),
             staged: staged::PATH.into(),
@@ -83,20 +84,17 @@ impl Boot {
     pub fn read(path: &Path) -> Result<Boot, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let field = |k: &str| {
-            v.get(k)
-                .and_then(|x| x.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| format!("{} has no {k}", path.display()))
+        let record = carapace_contract::boot::Boot::parse(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let field = |value: Option<String>, k: &str| {
+            value.ok_or_else(|| format!("{} has no {k}", path.display()))
         };
-        let version = Version::parse(&field("version")?)
+        let version = Version::parse(&field(record.version, "version")?)
             .map_err(|e| format!("the running version is not a semantic version: {e}"))?;
         Ok(Boot {
             version,
-            roothash: parse_hash(&field("roothash")?)?,
-            disk: field("disk")?,
+            roothash: parse_hash(&field(record.roothash, "roothash")?)?,
+            disk: field(record.disk, "disk")?,
         })
     }
 }

@@ -388,7 +388,7 @@ async fn resolve(host: &str, dns: &[IpAddr]) -> Result<IpAddr, String> {
         return Ok(ip);
     }
     let seed = (std::process::id() & 0xffff) as u16;
-    carapace_net::dns::resolve(host, dns, seed)
+    carapace_dns::resolve(host, dns, seed)
         .await?
         .into_iter()
         .next()
@@ -511,13 +511,8 @@ where
 
 /// The DNS servers the network agent published, for resolving the source.
 pub fn published_dns(network_json: &str) -> Vec<IpAddr> {
-    serde_json::from_str::<serde_json::Value>(network_json)
-        .ok()
-        .and_then(|v| {
-            v.get("dns")?
-                .as_array()
-                .map(|a| a.iter().filter_map(|s| s.as_str()?.parse().ok()).collect())
-        })
+    carapace_contract::network::NetworkStatus::parse(network_json)
+        .map(|status| status.dns.iter().filter_map(|s| s.parse().ok()).collect())
         .unwrap_or_default()
 }
 

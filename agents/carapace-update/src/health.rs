@@ -59,10 +59,12 @@
 //! An assessment is a snapshot; how long it must hold before a bless is the
 //! caller's choice.
 
+use carapace_contract::containers::{self as container_report, ContainerStatus, State};
+use carapace_contract::network::{LinkState, NetworkStatus};
+use carapace_contract::paths;
+use carapace_contract::services as service_report;
 use carapace_ctl::{Client, Endpoint, Fingerprint, Method};
 use carapace_model::containers::{Container, ContainerName, RestartPolicy};
-use carapace_net::status::{LinkState, NetworkStatus};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -74,11 +76,11 @@ pub const AGENTS: &str = "net,bus,api,update,containers";
 /// The environment variable that replaces [`AGENTS`] (comma-separated names).
 pub const SERVICES_ENV: &str = "CARAPACE_HEALTH_SERVICES";
 /// The API's root-only local socket.
-pub const API_SOCKET: &str = "/run/carapace/api.sock";
+pub const API_SOCKET: &str = paths::API_SOCKET;
 /// The API's TLS port.
 pub const API_PORT: u16 = 8443;
 /// The API's certificate on /var (PEM, leaf first), the one to pin.
-pub const API_CERTIFICATE: &str = "/var/lib/carapace/api/cert.pem";
+pub const API_CERTIFICATE: &str = paths::API_CERTIFICATE;
 /// What both API probes ask for.
 pub const STATUS_PATH: &str = "/v1/status";
 /// How long a run must have lasted to count.
@@ -149,13 +151,13 @@ impl Default for Probes {
     fn default() -> Probes {
         Probes {
             services: required_services(AGENTS),
-            services_json: carapace_init::services_file::PATH.into(),
+            services_json: paths::SERVICES_JSON.into(),
             api_socket: API_SOCKET.into(),
             api_tcp: SocketAddr::from((Ipv4Addr::LOCALHOST, API_PORT)),
             api_certificate: API_CERTIFICATE.into(),
-            network_json: carapace_net::status::NETWORK_JSON.into(),
-            settings_json: carapace_net::config::SETTINGS_JSON.into(),
-            containers_json: "/run/carapace/containers.json".into(),
+            network_json: paths::NETWORK_JSON.into(),
+            settings_json: paths::SETTINGS_JSON.into(),
+            containers_json: paths::CONTAINERS_JSON.into(),
             probe_timeout: PROBE_TIMEOUT,
         }
     }
@@ -204,7 +206,7 @@ async fn assess_unbounded(probes: &Probes) -> Assessment {
             probes.probe_timeout
         ),
     );
-    let now_ms = carapace_init::clock::ms_since_boot();
+    let now_ms = carapace_contract::clock::ms_since_boot();
     let mut failing = services(
         as_report(&read(&probes.services_json)),
         &probes.services,
@@ -270,19 +272,6 @@ fn history(restarts: u32, last_exit: Option<&str>) -> String {
     }
 }
 
-/// One service as carapace-init reports it (`services_file::to_json`).
-#[derive(Debug, Deserialize)]
-struct ServiceReport {
-    name: String,
-    state: String,
-    #[serde(default)]
-    restarts: u32,
-    #[serde(default)]
-    last_exit: Option<String>,
-    #[serde(default)]
-    started_at_ms: Option<u64>,
-}
-
 /// Condition 1: every `required` service runs and its run counts, from the
 /// text of services.json (or why it could not be read).
 pub fn services(report: Result<&str, &str>, required: &[String], now_ms: u64) -> Vec<String> {
@@ -293,7 +282,7 @@ pub fn services(report: Result<&str, &str>, required: &[String], now_ms: u64) ->
         Ok(text) => text,
         Err(why) => return vec![format!("services: no report from carapace-init ({why})")],
     };
-    let list: Vec<ServiceReport> = match serde_json::from_str(text) {
+    let list = match service_report::parse(text) {
         Ok(list) => list,
         Err(e) => {
             return vec![format!(
@@ -309,7 +298,7 @@ pub fn services(report: Result<&str, &str>, required: &[String], now_ms: u64) ->
             ));
             continue;
         };
-        if s.state != "running" {
+        if s.state != service_report::State::Running {
             failing.push(format!(
                 "service {name}: {} ({})",
                 s.state,
@@ -329,7 +318,7 @@ pub fn network(report: Result<&str, &str>) -> Vec<String> {
         Ok(text) => text,
         Err(why) => return vec![format!("network: no report from the net agent ({why})")],
     };
-    let status: NetworkStatus = match serde_json::from_str(text) {
+    let status = match NetworkStatus::parse(text) {
         Ok(s) => s,
         Err(e) => {
             return vec![format!(
@@ -368,25 +357,6 @@ pub fn network(report: Result<&str, &str>) -> Vec<String> {
     vec![failing]
 }
 
-/// One container as the container agent reports it (`status::ContainerStatus`;
-/// the state as a word, so that a state this version does not know fails
-/// by name instead of failing the whole report).
-#[derive(Debug, Deserialize)]
-struct ContainerReport {
-    name: String,
-    #[serde(default)]
-    image: String,
-    state: String,
-    #[serde(default)]
-    restarts: u32,
-    #[serde(default)]
-    last_exit: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    started_at_ms: Option<u64>,
-}
-
 /// Condition 5: every declared, enabled container runs (its run counting)
 /// or finished as its restart policy allows, from the settings' containers
 /// and the text of containers.json (or why it could not be read).
@@ -408,7 +378,7 @@ pub fn containers(
             )]
         }
     };
-    let list: Vec<ContainerReport> = match serde_json::from_str(text) {
+    let list = match container_report::parse(text) {
         Ok(list) => list,
         Err(e) => {
             return vec![format!(
@@ -431,18 +401,20 @@ pub fn containers(
     failing
 }
 
+/// A state this version does not know fails by name (the record keeps
+/// its word) instead of failing the whole report.
 fn container_falls_short(
-    c: &ContainerReport,
+    c: &ContainerStatus,
     policy: RestartPolicy,
     now_ms: u64,
 ) -> Option<String> {
     let last = c.last_exit.as_deref();
-    match c.state.as_str() {
-        "running" => match &c.error {
+    match &c.state {
+        State::Running => match &c.error {
             Some(error) => Some(format!("{error} (the previous instance still runs)")),
             None => run_falls_short(c.restarts, c.started_at_ms, now_ms),
         },
-        "exited" => {
+        State::Exited => {
             let clean = last == Some(CLEAN_EXIT);
             let how = last.unwrap_or("exited (how is not reported)");
             match policy {
@@ -456,20 +428,20 @@ fn container_falls_short(
                 RestartPolicy::Always => Some(format!("{how}, although restart = always")),
             }
         }
-        "restarting" => Some(format!("restarting ({})", history(c.restarts, last))),
-        "failed" => Some(format!(
+        State::Restarting => Some(format!("restarting ({})", history(c.restarts, last))),
+        State::Failed => Some(format!(
             "failed: {}",
             c.error
                 .as_deref()
                 .unwrap_or("the container agent gives no reason")
         )),
-        "pulling" => Some(format!("pulling {}, not running yet", c.image)),
-        "starting" => Some("starting, not running yet".to_string()),
-        "disabled" => Some(
+        State::Pulling => Some(format!("pulling {}, not running yet", c.image)),
+        State::Starting => Some("starting, not running yet".to_string()),
+        State::Disabled => Some(
             "reported disabled, but the settings enable it (the agent has not caught up)"
                 .to_string(),
         ),
-        other => Some(format!("{other}, not running")),
+        other @ (State::Stopped | State::Other(_)) => Some(format!("{other}, not running")),
     }
 }
 
@@ -577,7 +549,6 @@ pub async fn api_tcp(
 mod tests {
     use super::*;
     use carapace_containers::policy::ExitReason;
-    use carapace_containers::status::{ContainerStatus, State};
     use carapace_init::backoff::Exit;
     use carapace_init::supervisor::{ServiceState, Status};
     use carapace_model::containers::ImageRef;
@@ -716,14 +687,14 @@ mod tests {
             ["network: no address on eth0 yet (dhcp, waiting)"]
         );
         // The agent's own default, before it found a NIC.
-        let none = carapace_net::status::NetworkStatus::default().to_json();
+        let none = NetworkStatus::default().to_json();
         assert_eq!(
             network(Ok(&none)),
             ["network: no Ethernet interface found (net agent waiting)"]
         );
-        let error = carapace_net::status::NetworkStatus {
+        let error = NetworkStatus {
             interface: Some("eth0".into()),
-            mode: carapace_net::status::Mode::Static,
+            mode: carapace_contract::network::Mode::Static,
             state: LinkState::Error,
             addresses: vec!["192.0.2.10/24".into()],
             error: Some("adding 192.0.2.10/24: File exists".into()),
@@ -751,8 +722,12 @@ mod tests {
 
     fn container(name: &str, image: &str, state: State) -> ContainerStatus {
         let mut s = ContainerStatus::new(
-            &ContainerName::try_from(name.to_string()).expect("name"),
-            &ImageRef::try_from(image.to_string()).expect("image"),
+            ContainerName::try_from(name.to_string())
+                .expect("name")
+                .as_str(),
+            ImageRef::try_from(image.to_string())
+                .expect("image")
+                .as_str(),
         );
         s.state = state;
         s.image_digest = Some(format!("sha256:{}", "a".repeat(64)));
@@ -764,11 +739,7 @@ mod tests {
         declared: &BTreeMap<ContainerName, Container>,
         report: &[ContainerStatus],
     ) -> Vec<String> {
-        containers(
-            declared,
-            Ok(&carapace_containers::status::render(report)),
-            NOW,
-        )
+        containers(declared, Ok(&container_report::render(report)), NOW)
     }
 
     #[test]
@@ -1130,7 +1101,7 @@ mod tests {
 
     /// A node whose files and API all say it does its job, in `dir`.
     async fn healthy_node(dir: &Path) -> Probes {
-        let now = carapace_init::clock::ms_since_boot();
+        let now = carapace_contract::clock::ms_since_boot();
         let long_ago = now.saturating_sub(PROVEN_RUN_MS);
         let states: Vec<ServiceState> = names(AGENTS)
             .iter()
@@ -1155,7 +1126,7 @@ mod tests {
         web.started_at_ms = Some(long_ago);
         std::fs::write(
             dir.join("containers.json"),
-            carapace_containers::status::render(&[web]),
+            container_report::render(&[web]),
         )
         .expect("containers");
         let (pem, acceptor) = identity();
@@ -1191,11 +1162,8 @@ mod tests {
         let mut web = container("web", "nginx:1.27", State::Restarting);
         web.restarts = 4;
         web.last_exit = Some(ExitReason::Signaled(11).to_string());
-        std::fs::write(
-            &probes.containers_json,
-            carapace_containers::status::render(&[web]),
-        )
-        .expect("containers");
+        std::fs::write(&probes.containers_json, container_report::render(&[web]))
+            .expect("containers");
         std::fs::remove_file(&probes.api_certificate).expect("cert gone");
         let assessment = assess(&probes).await;
         assert!(!assessment.is_healthy());

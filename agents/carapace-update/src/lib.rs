@@ -11,11 +11,13 @@
 //! - `efi_vars` — systemd-boot's EFI variables (the one-shot entry of `apply`).
 //! - `staged` — the record of a verified download on /var, so it survives a reboot.
 //! - `fetch` — streaming HTTP GETs from the update source.
-//! - `status` — the state machine and report.
+//! - the state machine and report, `carapace_contract::update::Status`
+//!   (shared with the API and the client proxy).
 //! - `engine` — check, download into the inactive slot and prove it, apply, bless.
 //! - `health` — what a healthy node is (services, API over its socket and TLS,
 //!   network, containers), the one definition the bless waits for.
-//! - `dbus` — `org.carapace.Update1` and its client proxy.
+//! - `dbus` — `org.carapace.Update1`, served (its client is
+//!   `carapace_contract::dbus`).
 
 pub mod boot_entries;
 pub mod daemon;
@@ -27,4 +29,3 @@ pub mod fetch;
 pub mod health;
 pub mod slots;
 pub mod staged;
-pub mod status;

@@ -277,28 +277,17 @@ fn api(method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
     Ok((code, body))
 }
 
-const API_SOCKET: &str = "/run/carapace/api.sock";
+const API_SOCKET: &str = carapace_contract::paths::API_SOCKET;
 
 /// Where PID 1 publishes every service's state and pid.
-const SERVICES_JSON: &str = "/run/carapace/services.json";
+const SERVICES_JSON: &str = carapace_contract::paths::SERVICES_JSON;
 
-/// (name, pid) of every service with a pid in the text of services.json
-/// (an array of objects with `"name":"…"` and `"pid":<n>` or `null`).
+/// (name, pid) of every service with a pid in the text of services.json.
 fn service_pids(json: &str) -> Vec<(String, i32)> {
-    json.split('{')
-        .skip(1)
-        .filter_map(|object| {
-            let name = object.split("\"name\":\"").nth(1)?.split('"').next()?;
-            let pid = object
-                .split("\"pid\":")
-                .nth(1)?
-                .split([',', '}'])
-                .next()?
-                .trim()
-                .parse()
-                .ok()?;
-            Some((name.to_string(), pid))
-        })
+    carapace_contract::services::parse(json)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| Some((s.name, s.pid?)))
         .collect()
 }
 

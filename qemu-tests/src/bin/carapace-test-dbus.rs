@@ -12,7 +12,7 @@
 //! - `dbus-probe: signal state=<state>` — each StateChanged signal whose state
 //!   differs from the one before, for as long as the node runs.
 
-use carapace_update::dbus::Update1ClientProxy;
+use carapace_contract::dbus::{self, Update1ClientProxy};
 use futures_util::StreamExt;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
@@ -30,15 +30,18 @@ async fn proxy() -> Result<(zbus::Connection, Update1ClientProxy<'static>), Stri
     let mut last = String::new();
     for _ in 0..240 {
         let attempt = async {
-            let conn = carapace_update::dbus::system_bus()
+            let conn = dbus::system_bus()
                 .build()
                 .await
                 .map_err(|e| e.to_string())?;
-            if !carapace_update::dbus::daemon_present(&conn)
+            if !dbus::daemon_present(&conn)
                 .await
                 .map_err(|e| e.to_string())?
             {
-                return Err(format!("{} has no owner yet", carapace_update::dbus::NAME));
+                return Err(format!(
+                    "{} has no owner yet",
+                    carapace_contract::update::NAME
+                ));
             }
             let p = Update1ClientProxy::new(&conn)
                 .await

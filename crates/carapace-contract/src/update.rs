@@ -1,10 +1,29 @@
-//! What the daemon reports: the state machine of an update (idle, checking,
+//! The update daemon's report and its names on the system bus: it serves
+//! `org.carapace.Update1` at `/org/carapace/Update1` (carapace-update's
+//! `dbus`, the server); the API (`/v1/update…`) and the test image's probe
+//! call it through [`crate::dbus`], and carapace-ctl reads the report as
+//! `GET /v1/update` sends it.
+//!
+//! [`Status`] is the state machine of an update (idle, checking,
 //! downloading, verifying, writing, ready-to-reboot, error) with progress,
-//! and the versions involved. The same value is the answer of `Status` and
-//! the body of every `StateChanged` signal on D-Bus.
+//! and the versions involved: the answer of `Status()` and the body of
+//! every `StateChanged` signal, the D-Bus struct `(sdssbsssss)`, and as
+//! JSON the body of `GET /v1/update`:
+//!
+//! ```json
+//! {"state":"downloading","progress":0.5,"running":"0.1.0","slot":"a","blessed":true,
+//!  "fallback":"","available":"0.2.0","staged":"","rolled_back":"","error":""}
+//! ```
+//!
+//! Empty strings stand for "none" (D-Bus has no null). A JSON reader takes
+//! a missing field as empty, and ignores fields it does not know.
 
 use serde::{Deserialize, Serialize};
-use zbus::zvariant::Type;
+
+/// The daemon's well-known name on the system bus, and its interface.
+pub const NAME: &str = "org.carapace.Update1";
+/// The object the daemon serves.
+pub const PATH: &str = "/org/carapace/Update1";
 
 /// The steps of an update, as D-Bus and the API spell them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +59,10 @@ impl State {
     }
 }
 
-/// The daemon's report. Empty strings stand for "none" (D-Bus has no null).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
+/// The daemon's report. Empty strings stand for "none".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "dbus", derive(zbus::Type))]
+#[serde(default)]
 pub struct Status {
     /// One of [`State::as_str`].
     pub state: String,
@@ -132,9 +153,30 @@ mod tests {
         assert!(State::Writing.busy() && !State::ReadyToReboot.busy());
     }
 
+    /// As `GET /v1/update` has always sent it.
+    const SERVED: &str = r#"{"state":"downloading","progress":0.5,"running":"0.1.0","slot":"a","blessed":true,"fallback":"","available":"0.2.0","staged":"","rolled_back":"","error":""}"#;
+
+    #[test]
+    fn the_status_the_api_serves_reads_back_and_writes_the_same() {
+        let s: Status = serde_json::from_str(SERVED).expect("parses");
+        assert_eq!(serde_json::to_string(&s).expect("json"), SERVED);
+        assert!(s.busy() && s.blessed);
+        let older: Status =
+            serde_json::from_str(r#"{"state":"idle","running":"0.1.0","new":1}"#).expect("lenient");
+        assert_eq!(
+            (
+                older.state.as_str(),
+                older.rolled_back.as_str(),
+                older.progress
+            ),
+            ("idle", "", 0.0)
+        );
+    }
+
+    #[cfg(feature = "dbus")]
     #[test]
     fn the_status_is_a_dbus_struct_of_strings_a_double_and_a_bool() {
-        use zbus::zvariant::Type;
+        use zbus::Type;
         assert_eq!(Status::SIGNATURE.to_string(), "(sdssbsssss)");
     }
 }

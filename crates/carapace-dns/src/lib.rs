@@ -1,6 +1,8 @@
-//! A minimal DNS stub resolver (RFC 1035) for NTP server names: one A query
-//! over UDP to the configured DNS servers. The binary is linked statically
-//! with glibc and has no NSS configuration, so getaddrinfo is not used.
+//! carapace-dns: a minimal DNS stub resolver (RFC 1035), one A query over
+//! UDP to the DNS servers the node knows, for the net agent's NTP server
+//! names and the update daemon's update source. The node's binary is linked
+//! statically with glibc and has no NSS configuration, so getaddrinfo is
+//! not used.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
