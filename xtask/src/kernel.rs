@@ -151,9 +151,10 @@ pub fn build(workspace_root: &Path) -> Result<Kernel> {
         );
     } else {
         eprintln!(
-            "kernel: building {release} from {} {version} (about {} minutes on {jobs} core{}; log in {})…",
+            "kernel: building {release} from {} {version} (about {} to {} minutes on {jobs} core{}, once: it is cached; log in {})…",
             pin.package,
-            (12 / jobs).clamp(2, 12),
+            (20 / jobs).clamp(2, 20),
+            (32 / jobs).clamp(3, 32),
             if jobs == 1 { "" } else { "s" },
             log.display()
         );
@@ -384,13 +385,32 @@ impl Make<'_> {
             .open(self.log)
             .with_context(|| format!("cannot open {}", self.log.display()))?;
         writeln!(file, "\n### {what}")?;
-        let status = cmd
+        let from = file.metadata().map_or(0, |m| m.len());
+        let handle = cmd
             .stderr_to_stdout()
             .stdout_file(file)
             .unchecked()
-            .run()
-            .with_context(|| format!("cannot start {what}"))?
-            .status;
+            .start()
+            .with_context(|| format!("cannot start {what}"))?;
+        // A long step says how far it got once a minute.
+        let started = std::time::Instant::now();
+        let mut said = 0;
+        let status = loop {
+            if let Some(output) = handle.try_wait()? {
+                break output.status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let minutes = started.elapsed().as_secs() / 60;
+            if minutes > said {
+                said = minutes;
+                let text = fs::read(self.log).unwrap_or_default();
+                let text = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
+                eprintln!(
+                    "kernel: {what}: {minutes} min, {} files compiled so far",
+                    compiled(&text)
+                );
+            }
+        };
         if !status.success() {
             let text = fs::read_to_string(self.log).unwrap_or_default();
             bail!(
@@ -401,6 +421,13 @@ impl Make<'_> {
         }
         Ok(())
     }
+}
+
+/// How many files kbuild's log `text` says it compiled or assembled.
+fn compiled(text: &str) -> usize {
+    text.lines()
+        .filter(|l| l.starts_with("  CC ") || l.starts_with("  AS "))
+        .count()
 }
 
 /// The last `n` lines of `text`.
@@ -509,6 +536,13 @@ pub fn missing_options(fragment: &str, config: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compiled_files_are_counted_from_kbuild_lines() {
+        let log = "  SYNC    include/config/auto.conf\n  CC      init/main.o\n  AS      arch/x86/entry/entry_64.o\n  LD      vmlinux.o\n  CC      kernel/fork.o\n";
+        assert_eq!(compiled(log), 3);
+        assert_eq!(compiled(""), 0);
+    }
 
     #[test]
     fn reports_every_option_the_config_dropped() {

@@ -54,6 +54,7 @@ mod tests {
         let root = crate::workspace_root();
         let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
         for dir in [
+            "node",
             "crates",
             "init",
             "agents",
