@@ -435,6 +435,28 @@ fn install_uki(
         String::from_utf8_lossy(&got.stdout)
     );
     std::fs::remove_file(&back)?;
+    // mcopy frees the clusters of mkosi's UKI without clearing them: its
+    // `roothash=` of the 512-byte tree would stay readable in the ESP.
+    if old != new {
+        let stale = format!("roothash={}", old.to_hex());
+        let offset = esp.first_lba * 512;
+        let mut bytes = vec![0u8; usize::try_from(esp.size_bytes(512))?];
+        use std::io::{Read, Seek, Write};
+        let mut disk_file = std::fs::File::options().read(true).write(true).open(disk)?;
+        disk_file.seek(std::io::SeekFrom::Start(offset))?;
+        disk_file.read_exact(&mut bytes)?;
+        let mut at = 0;
+        while let Some(found) = bytes[at..]
+            .windows(stale.len())
+            .position(|w| w == stale.as_bytes())
+        {
+            let start = at + found;
+            disk_file.seek(std::io::SeekFrom::Start(offset + start as u64))?;
+            disk_file.write_all(&vec![0u8; stale.len()])?;
+            at = start + stale.len();
+        }
+        disk_file.sync_all()?;
+    }
     Ok(())
 }
 
