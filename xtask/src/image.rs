@@ -137,11 +137,7 @@ pub fn check_reproducible(root: &Path, variant: Variant) -> Result<String> {
         };
         let data = find(carapace_disk::gpt::types::ROOT_X86_64)?;
         let verity = find(carapace_disk::gpt::types::ROOT_VERITY_X86_64)?;
-        let roothash = format!(
-            "{}{}",
-            crate::reverity::hex(&data.unique_guid.0),
-            crate::reverity::hex(&verity.unique_guid.0)
-        );
+        let roothash = crate::reverity::named_by(&data, &verity).to_hex();
         let mut bytes = vec![0u8; usize::try_from(data.size_bytes(512))?];
         use std::io::{Read, Seek};
         disk.seek(std::io::SeekFrom::Start(data.first_lba * 512))?;

@@ -25,8 +25,12 @@ const SECTOR: u64 = 512;
 /// The data and hash block size the root is verified in.
 pub const BLOCK: u32 = 4096;
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The root hash slot A's partition UUIDs are the halves of.
+pub fn named_by(data: &gpt::Partition, verity: &gpt::Partition) -> RootHash {
+    let mut hash = [0u8; 32];
+    hash[..16].copy_from_slice(&data.unique_guid.0);
+    hash[16..].copy_from_slice(&verity.unique_guid.0);
+    RootHash::from(hash)
 }
 
 /// Feeds `len` bytes of `disk` from `offset` to `each`, 1 MiB at a time.
@@ -79,11 +83,7 @@ pub fn rehash(disk_path: &Path) -> Result<(RootHash, RootHash)> {
     let verity = gpt::partition_by_type(&parts, &types::ROOT_VERITY_X86_64)
         .context("the disk has no root verity partition")?
         .clone();
-    // The root hash slot A's partition UUIDs are the halves of.
-    let mut old = [0u8; 32];
-    old[..16].copy_from_slice(&data.unique_guid.0);
-    old[16..].copy_from_slice(&verity.unique_guid.0);
-    let old = RootHash::from(old);
+    let old = named_by(&data, &verity);
 
     let mut head = vec![0u8; 4096];
     disk.seek(SeekFrom::Start(verity.first_lba * SECTOR))?;
